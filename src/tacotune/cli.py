@@ -1,0 +1,300 @@
+"""The `tacotune` command line: parse arguments, configure logging once, call the library.
+
+A `TacotuneError` becomes one line on stderr and exit code 1; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+from tacotune import __version__, progress
+from tacotune.config import Config, dump_config, load_config
+from tacotune.errors import ConfigError, DatasetError, TacotuneError
+
+log = logging.getLogger("tacotune")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tacotune` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` saves a resumable checkpoint, like Ctrl-C
+    _configure_logging(args.verbose)
+    progress.enable(sys.stderr.isatty() and not args.quiet)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except TacotuneError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="tacotune",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tacotune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    text = _command(commands, "text", _cmd_text, "show every stage of the text frontend")
+    text.add_argument("text", help="Russian text, e.g. 'В 2024 году з+амок был закрыт.'")
+    text.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_arguments(text)
+
+    prep = _command(commands, "prepare", _cmd_prepare, "validate a dataset and cache its mels")
+    prep.add_argument("data_dir", help="LJSpeech, RUSLAN or path|text-list dataset directory")
+    prep.add_argument("-o", "--output", required=True, help="prepared dataset directory")
+    prep.add_argument("--strict", action="store_true", help="fail if any row is excluded")
+    _config_arguments(prep)
+
+    tr = _command(commands, "train", _cmd_train, "train a Tacotron2 on a prepared dataset")
+    tr.add_argument("prepared_dir", help="directory written by `tacotune prepare`")
+    tr.add_argument("-o", "--output", help="run directory (checkpoints, metrics, samples)")
+    tr.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR exactly from its last checkpoint, with its own config",
+    )
+    tr.add_argument(
+        "--warm-start",
+        metavar="CKPT",
+        help="initialize from another model; layers whose shape differs are skipped",
+    )
+    _config_arguments(tr)
+
+    syn = _command(commands, "synthesize", _cmd_synthesize, "speak text with a checkpoint")
+    syn.add_argument("checkpoint", help="a .pt file or a run directory (uses its best.pt)")
+    syn.add_argument("text", nargs="?", help="Russian text (or use --file)")
+    syn.add_argument("-o", "--output", default="out.wav", help="wav file for TEXT")
+    syn.add_argument("--file", help="one text per line, synthesized in a batch")
+    syn.add_argument("--out-dir", default="synthesized", help="where --file writes its wavs")
+    syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
+    syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
+
+    show = _command(commands, "config", _cmd_config, "print the resolved configuration")
+    _config_arguments(show)
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--config", default=default, help="YAML config (a bundled name such as demo.yaml works too)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
+    parser.add_argument(
+        "--hparams",
+        metavar="NAME=VALUE,...",
+        help="the predecessor's flat hparams, e.g. learning_rate=1e-3",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set, args.hparams)
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = RichHandler(
+        console=progress.CONSOLE,
+        show_path=False,
+        markup=False,
+        rich_tracebacks=False,
+        log_time_format="[%X]",
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+    for noisy in ("matplotlib", "numba", "PIL", "urllib3", "pymorphy3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_text(args: argparse.Namespace) -> int:
+    from tacotune.text.frontend import TextFrontend
+
+    result = TextFrontend(_load(args).text).process(args.text)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "raw": result.raw,
+                    "normalized": result.normalized,
+                    "stressed": result.stressed,
+                    "ids": list(result.ids) if result.ids else None,
+                    "stress_sources": dict(result.stress_sources),
+                    "unknown": [
+                        {
+                            "char": u.char,
+                            "codepoint": f"U+{ord(u.char):04X}",
+                            "count": u.count,
+                            "positions": list(u.positions),
+                        }
+                        for u in result.unknown
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        ids = (
+            f"{list(result.ids)} ({len(result.ids)})" if result.ids else "none: unknown characters"
+        )
+        print(f"raw:        {result.raw}")
+        print(f"normalized: {result.normalized}")
+        print(f"stressed:   {result.stressed}")
+        print(f"ids:        {ids}")
+        print(f"stress:     {dict(result.stress_sources) or '-'}")
+        print("unknown:    " + ("; ".join(u.describe() for u in result.unknown) or "none"))
+    return 1 if result.unknown else 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from tacotune.data.manifest import REPORT_MD
+    from tacotune.data.prepare import prepare_dataset
+    from tacotune.data.report import render_markdown
+
+    try:
+        result = prepare_dataset(args.data_dir, args.output, _load(args), strict=args.strict)
+    except DatasetError:
+        report = Path(args.output) / REPORT_MD
+        if report.exists():  # the report of a failed run says what to fix
+            print(report.read_text(encoding="utf-8"))
+        raise
+    print(render_markdown(result.report))
+    log.info("prepared dataset written to %s", result.root)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(_load(args)), end="")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tacotune.train import resume, train
+
+    if args.resume:
+        if args.config or args.hparams or args.warm_start:
+            raise ConfigError(
+                "--resume uses the run's own config: only --set of "
+                "train.max_steps-like keys may be given"
+            )
+        result = resume(args.resume, args.prepared_dir, args.set)
+    else:
+        if not args.output:
+            raise ConfigError("train needs -o RUN_DIR (or --resume RUN_DIR)")
+        result = train(_load(args), args.prepared_dir, args.output, warm_start=args.warm_start)
+    log.info(
+        "finished at step %d (%s); best score %.4f at step %d; run in %s",
+        result.step,
+        result.stop_reason,
+        result.best_score,
+        result.best_step,
+        result.run_dir,
+    )
+    return 0
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from tacotune.audio import save_wav
+    from tacotune.plotting import alignment_figure, save_figure
+    from tacotune.synthesize import Synthesizer
+
+    if (args.text is None) == (args.file is None):
+        raise ConfigError("give either TEXT or --file")
+    synthesizer = Synthesizer(args.checkpoint, seed=args.seed)
+    if args.text is not None:
+        jobs = [(args.text, Path(args.output))]
+    else:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [
+            (line, out_dir / f"{i:04d}.wav")
+            for i, line in enumerate((x for x in lines if x.strip()), start=1)
+        ]
+    summary = []
+    for text, path in jobs:
+        speech = synthesizer.speak(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_wav(path, speech.audio, speech.sample_rate)
+        if args.plot:
+            for i, piece in enumerate(speech.pieces, start=1):
+                suffix = "" if len(speech.pieces) == 1 else f"_{i}"
+                save_figure(
+                    alignment_figure(piece.alignment, piece.text[:80]),
+                    path.with_name(f"{path.stem}_alignment{suffix}.png"),
+                )
+        summary.append(
+            {
+                "text": text,
+                "wav": str(path),
+                "seconds": len(speech.audio) / speech.sample_rate,
+                "complete": speech.complete,
+                "pieces": [
+                    {
+                        "input": p.text,
+                        "stopped_by_gate": p.stopped_by_gate,
+                        "hit_max_steps": p.hit_max_steps,
+                        "reached_end": p.reached_end,
+                    }
+                    for p in speech.pieces
+                ],
+            }
+        )
+        log.info(
+            "%s: %.2f s%s",
+            path,
+            summary[-1]["seconds"],
+            "" if speech.complete else " (incomplete: see the warnings above)",
+        )
+    if args.file is not None:
+        (Path(args.out_dir) / "synthesis.json").write_text(
+            json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+    return 0

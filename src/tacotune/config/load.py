@@ -1,0 +1,239 @@
+"""Build a `Config` from defaults, a YAML file and command-line overrides.
+
+Order: dataclass defaults -> YAML file -> `--set section.key=value` -> legacy
+`--hparams "name=value,..."`. Every key is checked against the schema; an
+unknown key is an error that names the closest valid one; values are checked
+against the field's type (no silent coercion of "1e-3x" into anything).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from tacotune.config.schema import Config
+from tacotune.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    hparams: str | None = None,
+) -> Config:
+    """Resolve a configuration.
+
+    Args:
+        path: a YAML file; a bare name such as ``demo.yaml`` is also looked up in ``configs/``.
+        overrides: ``section.key=value`` strings; values are YAML (``1e-3``, ``true``, ``[1, 2]``).
+        hparams: the predecessor's flat ``name=value,name=value`` string.
+    """
+    tree: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        _merge(tree, _read_yaml(resolve_config_path(path)))
+    _merge(tree, parse_overrides(overrides))
+    if hparams:
+        from tacotune.config.legacy import translate_hparams
+
+        _merge(tree, translate_hparams(hparams))
+    return config_from_dict(tree).validate()
+
+
+def override_config(config: Config, overrides: Iterable[str]) -> Config:
+    """`config` with `section.key=value` overrides applied (and validated)."""
+    tree: dict[str, Any] = config_to_dict(config)
+    _merge(tree, parse_overrides(overrides))
+    return config_from_dict(tree).validate()
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`["train.batch_size=16"]` -> `{"train": {"batch_size": 16}}` (values parsed as YAML)."""
+    tree: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, value = _split_assignment(item, "--set")
+        section, _, name = key.partition(".")
+        if not name:
+            raise ConfigError(f"--set needs section.key=value, found {item!r}")
+        _merge(tree, {section: {name: yaml.safe_load(value)}})
+    return tree
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """The file itself if it exists, else the same name inside configs/."""
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    bundled = CONFIG_DIR / candidate.name
+    if bundled.exists():
+        return bundled
+    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config file {str(path)!r} not found; bundled configs: {available}")
+
+
+def config_from_dict(tree: Mapping[str, Any]) -> Config:
+    """Build a Config from a nested mapping of overrides (missing keys keep defaults)."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
+    for section_name, values in tree.items():
+        if section_name not in sections:
+            raise ConfigError(_unknown("section", section_name, sections))
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"config section {section_name!r} must be a mapping, found {values!r}"
+            )
+        section_type = _section_type(section_name)
+        hints = typing.get_type_hints(section_type)
+        field_names = {f.name for f in dataclasses.fields(section_type)}
+        kwargs = {}
+        for key, raw in values.items():
+            if key not in field_names:
+                valid = [f"{section_name}.{n}" for n in field_names]
+                raise ConfigError(_unknown("key", f"{section_name}.{key}", valid))
+            kwargs[key] = coerce(raw, hints[key], f"{section_name}.{key}")
+        built[section_name] = section_type(**kwargs)
+    return Config(**built)
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """A plain nested dict (tuples as lists) suitable for YAML/JSON."""
+    return typing.cast(dict[str, dict[str, Any]], _plain(dataclasses.asdict(cfg)))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved configuration as YAML (the record of what a job actually used)."""
+    Path(path).write_text(dump_config(cfg), encoding="utf-8")
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved configuration as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False)
+
+
+def all_keys() -> list[str]:
+    """Every valid `section.key`."""
+    return [
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(Config)
+        for f in dataclasses.fields(_section_type(s.name))
+    ]
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation and convert lists to tuples."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/no/on/yes as a boolean
+            value = next((c for c in _YAML_BOOL_WORDS[value] if c in choices), value)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, found {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(annotation):
+            try:
+                return coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
+    if origin is tuple:
+        return _coerce_tuple(value, get_args(annotation), key)
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{key} must be null, found {value!r}")
+        return None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, found {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, found {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = _number_or_text(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, found {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, found {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key} must be a list, found {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{key} must have {len(args)} items, found {value!r}")
+    return tuple(
+        coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _section_type(name: str) -> type:
+    hints = typing.get_type_hints(Config)
+    return typing.cast(type, hints[name])
+
+
+def _unknown(kind: str, name: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config {kind} {name!r}{hint}"
+
+
+def _split_assignment(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} needs key=value, found {item!r}")
+    return key.strip(), value.strip()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, found {type(data).__name__}")
+    return data
+
+
+def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = dict(value)
+        else:
+            into[key] = value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,254 @@
+"""The configuration schema: nested frozen dataclasses, one comment per field.
+
+Defaults are the paper-size Tacotron2 (`configs/base.yaml` is generated from
+them and a test keeps the two identical). Experiments override a few fields in
+a small YAML file (`configs/demo.yaml`) or on the command line.
+Cross-field rules live in `Config.validate()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tacotune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Waveform and mel-spectrogram settings (HiFi-GAN compatible by default)."""
+
+    sample_rate: int = 22050  # Hz; audio is resampled to this rate
+    n_fft: int = 1024  # STFT size in samples
+    hop_length: int = 256  # samples between mel frames (11.6 ms at 22050 Hz)
+    win_length: int = 1024  # Hann window length in samples
+    n_mels: int = 80  # mel bands
+    fmin: float = 0.0  # lowest mel frequency, Hz
+    fmax: float = 8000.0  # highest mel frequency, Hz
+    trim_silence: bool = True  # cut leading/trailing silence before computing mels
+    trim_top_db: float = 40.0  # trim: frames quieter than peak minus this many dB are silence
+    griffin_lim_iters: int = 60  # Griffin-Lim iterations when turning mels back into audio
+    griffin_lim_power: float = 1.5  # magnitude exponent before Griffin-Lim (sharpens harmonics)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Russian text frontend: normalization, stress and the symbol table."""
+
+    stress: Literal["auto", "manual", "off"] = "auto"  # auto: silero-stress fills missing marks
+    stress_dictionary: str = ""  # optional file of `word|w+ord` lines; beats automatic stress
+    latin: Literal["spell", "report"] = "spell"  # Latin letters: read out by name, or report them
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset validation thresholds and the train/validation split."""
+
+    min_duration: float = 0.5  # seconds; shorter clips are excluded (too_short)
+    max_duration: float = 15.0  # seconds; longer clips are excluded (too_long), never truncated
+    max_text_length: int = 300  # model-input characters; longer texts are excluded (text_too_long)
+    silence_db: float = -50.0  # RMS in dBFS below which a clip counts as silent
+    max_clipped_fraction: float = 0.001  # share of samples at full scale that counts as clipping
+    speech_rate_tolerance: float = 2.0  # chars/s further than this factor from the median: outlier
+    val_fraction: float = 0.05  # share of utterances held out for validation
+    min_val_utterances: int = 2  # at least this many validation utterances
+    max_val_utterances: int = 200  # at most this many validation utterances
+    max_excluded_fraction: float = 0.2  # prepare fails when more than this share is excluded
+    workers: int = 2  # processes that analyze audio during `prepare`
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Tacotron2 sizes. Defaults are the paper's (Shen et al. 2018, ~28M parameters)."""
+
+    embedding_dim: int = 512  # character embedding size
+    encoder_conv_layers: int = 3  # encoder convolutions before the BiLSTM
+    encoder_kernel_size: int = 5  # encoder convolution width, characters
+    encoder_dim: int = 512  # encoder channels; the BiLSTM has encoder_dim/2 units per direction
+    encoder_dropout: float = 0.5  # dropout after each encoder convolution
+    attention_rnn_dim: int = 1024  # attention LSTM units
+    attention_dim: int = 128  # attention query/key projection size
+    attention_location_filters: int = 32  # location-feature convolution filters
+    attention_location_kernel_size: int = 31  # location-feature convolution width
+    attention_dropout: float = 0.1  # dropout on the attention LSTM state
+    prenet_dim: int = 256  # width of both prenet layers
+    prenet_dropout: float = 0.5  # prenet dropout, active in training AND inference
+    decoder_rnn_dim: int = 1024  # decoder LSTM units
+    decoder_dropout: float = 0.1  # dropout on the decoder LSTM state
+    postnet_dim: int = 512  # postnet channels
+    postnet_kernel_size: int = 5  # postnet convolution width, frames
+    postnet_layers: int = 5  # postnet convolutions
+    postnet_dropout: float = 0.5  # dropout after each postnet convolution
+    reduction_factor: int = 2  # mel frames predicted per decoder step (r)
+    reduction_schedule: tuple[tuple[int, int], ...] = ()  # gradual training: ((step, r), ...)
+    ddc: bool = False  # double-decoder consistency: also train a coarse decoder
+    ddc_reduction_factor: int = 6  # r of the coarse decoder
+    gst: bool = False  # global style tokens from a reference mel
+    gst_tokens: int = 10  # number of style tokens
+    gst_heads: int = 8  # style-token attention heads
+    gst_dim: int = 256  # style embedding size, added to the encoder output
+    ctc: bool = False  # CTC alignment head on decoder outputs (the predecessor's use_mmi)
+    max_decoder_steps: int = 1000  # inference hard cap, in decoder steps
+    max_frames_per_char: float = 20.0  # inference cap per input character, in mel frames
+    gate_threshold: float = 0.5  # stop probability that ends inference
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss terms and weights; every term is masked to the real lengths."""
+
+    mel_loss: Literal["l1", "mse"] = "mse"  # distance between predicted and target mels
+    gate_pos_weight: float = 5.0  # BCE weight of the rare "stop" frames
+    guided_attn: bool = True  # penalize attention far from the diagonal
+    guided_attn_sigma: float = 0.2  # width of the allowed band (fraction of the utterance)
+    guided_attn_weight: float = 10.0  # initial guided-attention weight
+    guided_attn_half_life: int = 2000  # steps in which the weight halves
+    guided_attn_floor: float = 1.0  # the weight never decays below this
+    ddc_weight: float = 1.0  # L1 between the fine and upsampled coarse attention (DDC only)
+    ctc_weight: float = 0.1  # weight of the CTC alignment term (model.ctc only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and the training loop."""
+
+    seed: int = 1234  # seeds Python, NumPy and torch; same seed + data = same run on CPU
+    batch_size: int = 32  # utterances per step (per process under DDP)
+    learning_rate: float = 1e-3  # peak AdamW learning rate, reached after warmup
+    min_learning_rate: float = 1e-5  # the decay never goes below this
+    warmup_steps: int = 1000  # linear warmup from 0 to learning_rate
+    lr_half_life: int = 20000  # steps after warmup in which the learning rate halves
+    weight_decay: float = 1e-6  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # max global norm of the UNSCALED gradients
+    max_steps: int = 100000  # optimizer steps before training ends
+    max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    eval_every: int = 500  # steps between evaluations (and checkpoints)
+    keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where native
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    data_workers: int = 0  # DataLoader worker processes; 0 loads mels in the training process
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    probe_sentences: tuple[str, ...] = (  # synthesized free-running at every evaluation
+        "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+        "В две тысячи двадцать четвёртом году замок был закрыт.",
+        "Привет! Как дела?",
+    )
+
+
+@dataclass(frozen=True)
+class SupervisionConfig:
+    """Evaluation, the composite score, early stopping and the divergence guard."""
+
+    score_alignment_weight: float = 1.0  # score = val mel loss + this * (1 - free-running quality)
+    free_running_val_utterances: int = 4  # validation utterances also decoded free-running
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Hyperparameter search (filled by tuning)."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a run's numbers go besides metrics.jsonl and events.jsonl."""
+
+    tensorboard: bool = True  # scalars, alignment/mel figures and audio under tensorboard/
+    log_every: int = 10  # steps between training scalars in TensorBoard
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alerts (filled by alerts)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a tacotune job."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+
+    def validate(self) -> Config:
+        """Check rules that involve more than one field; return self or raise ConfigError."""
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def replace(self, **sections: object) -> Config:
+        """A copy with whole sections replaced (dataclasses.replace, typed for sections)."""
+        return dataclasses.replace(self, **sections)  # type: ignore[arg-type]
+
+
+def _cross_field_problems(cfg: Config) -> list[str]:
+    a, m, t, d, lo = cfg.audio, cfg.model, cfg.train, cfg.data, cfg.loss
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(a.win_length <= a.n_fft, f"audio.win_length ({a.win_length}) must be <= n_fft ({a.n_fft})")
+    need(0 < a.hop_length <= a.win_length, "audio.hop_length must be in (0, win_length]")
+    need(
+        0 <= a.fmin < a.fmax <= a.sample_rate / 2,
+        f"audio needs 0 <= fmin < fmax <= sample_rate/2; found fmin={a.fmin}, fmax={a.fmax}, "
+        f"sample_rate={a.sample_rate}",
+    )
+    need(0 < d.min_duration < d.max_duration, "data needs 0 < min_duration < max_duration")
+    need(0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)")
+    need(
+        d.min_val_utterances <= d.max_val_utterances,
+        "data.min_val_utterances must be <= data.max_val_utterances",
+    )
+    need(0 <= d.max_excluded_fraction <= 1, "data.max_excluded_fraction must be in [0, 1]")
+    need(d.speech_rate_tolerance > 1, "data.speech_rate_tolerance must be > 1 (a factor)")
+    need(m.encoder_dim % 2 == 0, "model.encoder_dim must be even (BiLSTM halves)")
+    need(m.encoder_kernel_size % 2 == 1, "model.encoder_kernel_size must be odd")
+    need(m.postnet_kernel_size % 2 == 1, "model.postnet_kernel_size must be odd")
+    need(m.attention_location_kernel_size % 2 == 1, "attention_location_kernel_size must be odd")
+    need(m.reduction_factor >= 1, "model.reduction_factor must be >= 1")
+    for name in (
+        "encoder_dropout",
+        "attention_dropout",
+        "prenet_dropout",
+        "decoder_dropout",
+        "postnet_dropout",
+    ):
+        need(0 <= getattr(m, name) < 1, f"model.{name} must be in [0, 1)")
+    steps = [s for s, _ in m.reduction_schedule]
+    need(
+        not m.reduction_schedule or (steps[0] == 0 and steps == sorted(set(steps))),
+        "model.reduction_schedule must start at step 0 with increasing steps, e.g. "
+        "[[0, 4], [2000, 2]]",
+    )
+    need(all(r >= 1 for _, r in m.reduction_schedule), "reduction_schedule factors must be >= 1")
+    need(
+        not m.ddc or m.ddc_reduction_factor > max(reduction_factors(m)),
+        f"model.ddc_reduction_factor ({m.ddc_reduction_factor}) must exceed every fine-decoder "
+        f"reduction factor {sorted(reduction_factors(m))} (the coarse decoder is the coarser one)",
+    )
+    need(not m.gst or m.gst_dim % m.gst_heads == 0, "model.gst_dim must be divisible by gst_heads")
+    need(lo.guided_attn_sigma > 0, "loss.guided_attn_sigma must be > 0")
+    need(lo.guided_attn_floor <= lo.guided_attn_weight, "guided_attn_floor must be <= its weight")
+    need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(0 < t.min_learning_rate <= t.learning_rate, "need 0 < min_learning_rate <= learning_rate")
+    need(t.eval_every >= 1, "train.eval_every must be >= 1")
+    need(t.max_steps >= 1, "train.max_steps must be >= 1")
+    need(t.grad_clip > 0, "train.grad_clip must be > 0")
+    need(len(t.probe_sentences) >= 1, "train.probe_sentences needs at least one sentence")
+    return problems
+
+
+def reduction_factors(model: ModelConfig) -> set[int]:
+    """Every fine-decoder reduction factor the run will use."""
+    return {r for _, r in model.reduction_schedule} or {model.reduction_factor}

@@ -1,0 +1,1 @@
+"""Datasets: reading layouts, validating rows, the prepared manifest, training batches."""

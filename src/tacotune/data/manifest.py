@@ -1,0 +1,111 @@
+"""The prepared-dataset contract: `manifest.jsonl`, its fingerprint, and loading it back.
+
+A prepared directory holds:
+    manifest.jsonl    one kept utterance per line (ManifestEntry)
+    config.yaml       the resolved config `prepare` ran with (text and audio sections matter)
+    report.md/.json   totals, exclusions per reason, information
+    mels/<hash>/      log-mel cache, keyed by a hash of the audio config
+    .cache/           measurements reused by the next `prepare` run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tacotune.config.load import load_config
+from tacotune.config.schema import AudioConfig, Config
+from tacotune.errors import DatasetError
+
+MANIFEST = "manifest.jsonl"
+CONFIG_FILE = "config.yaml"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+# AudioConfig fields that do not change the mels (only how they are turned back into audio)
+_LISTENING_ONLY = {"griffin_lim_iters", "griffin_lim_power"}
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One utterance ready for training."""
+
+    id: str
+    split: str  # "train" or "val"
+    audio_path: str  # the source file
+    mel_path: str  # relative to the prepared directory
+    raw_text: str  # as the user wrote it
+    normalized: str  # after normalization, before stress
+    text: str  # the model input (normalized + stress marks)
+    n_frames: int  # mel frames
+    duration: float  # seconds after trimming
+    sample_rate: int  # of the source file, Hz
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared directory loaded back: its entries and the config it was made with."""
+
+    root: Path
+    config: Config
+    entries: list[ManifestEntry]
+    fingerprint: str
+
+    def split(self, name: str) -> list[ManifestEntry]:
+        """The entries of one split."""
+        return [e for e in self.entries if e.split == name]
+
+
+def audio_config_hash(audio: AudioConfig) -> str:
+    """12 hex digits identifying every setting that changes the mels."""
+    relevant = {k: v for k, v in dataclasses.asdict(audio).items() if k not in _LISTENING_ONLY}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def write_manifest(path: Path, entries: list[ManifestEntry]) -> str:
+    """Write JSONL atomically; return the dataset fingerprint (hash of the content)."""
+    text = "".join(json.dumps(dataclasses.asdict(e), ensure_ascii=False) + "\n" for e in entries)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return fingerprint(text)
+
+
+def fingerprint(manifest_text: str) -> str:
+    """16 hex digits identifying a manifest's content."""
+    return hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_prepared(root: str | Path) -> PreparedDataset:
+    """Load a directory written by `tacotune prepare`, checking that it is complete."""
+    root = Path(root)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        hint = (
+            f" The last run failed; see {root / REPORT_MD}."
+            if (root / REPORT_MD).exists()
+            else f" Run `tacotune prepare DATA_DIR -o {root}` first."
+        )
+        raise DatasetError(f"{root} is not a prepared dataset: {MANIFEST} is missing.{hint}")
+    text = manifest.read_text(encoding="utf-8")
+    entries = [
+        ManifestEntry(**_checked(json.loads(line), manifest, n))
+        for n, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+    config = load_config(root / CONFIG_FILE)
+    return PreparedDataset(root, config, entries, fingerprint(text))
+
+
+def _checked(row: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
+    expected = {f.name for f in dataclasses.fields(ManifestEntry)}
+    if set(row) != expected:
+        raise DatasetError(
+            f"{path}:{line} does not match this tacotune version's manifest format "
+            f"(missing {sorted(expected - set(row))}, unexpected {sorted(set(row) - expected)}); "
+            "run `tacotune prepare` again"
+        )
+    return row

@@ -1,0 +1,1 @@
+"""Russian text frontend: normalization, stress marks and the symbol table."""
