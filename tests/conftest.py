@@ -61,7 +61,8 @@ def make_ljspeech(tmp_path: Path) -> Callable[[list[tuple[str, str, AudioSpec]]]
             if isinstance(audio, bytes):
                 path.write_bytes(audio)
             elif audio is not None:
-                sf.write(path, audio, SR, subtype="PCM_16")
+                subtype = "PCM_16" if np.isfinite(audio).all() else "FLOAT"  # keep NaNs
+                sf.write(path, audio, SR, subtype=subtype)
         (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return root
 

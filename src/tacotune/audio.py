@@ -54,6 +54,12 @@ def load_audio(path: str | Path, sample_rate: int) -> Audio:
         raise AudioError(f"cannot read audio {path}: {error}") from error
     if data.shape[0] == 0:
         raise AudioError(f"audio {path} has no samples")
+    if not np.isfinite(data).all():
+        bad = int(np.sum(~np.isfinite(data)))
+        raise AudioError(
+            f"audio {path} has {bad} NaN/infinite samples (a float file written "
+            "from a broken computation); re-export it"
+        )
     samples = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if source_rate != sample_rate:
         samples = soxr.resample(samples, source_rate, sample_rate, quality="HQ")

@@ -259,8 +259,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
             for i, line in enumerate((x for x in lines if x.strip()), start=1)
         ]
     summary = []
-    for text, path in jobs:
-        speech = synthesizer.speak(text)
+    speeches = synthesizer.speak_all([text for text, _ in jobs])
+    for (text, path), speech in zip(jobs, speeches, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_wav(path, speech.audio, speech.sample_rate)
         if args.plot:
@@ -280,6 +280,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
                     {
                         "input": p.text,
                         "stopped_by_gate": p.stopped_by_gate,
+                        "stopped_at_end": p.stopped_at_end,
                         "hit_max_steps": p.hit_max_steps,
                         "reached_end": p.reached_end,
                     }

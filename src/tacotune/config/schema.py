@@ -92,6 +92,7 @@ class ModelConfig:
     max_decoder_steps: int = 1000  # inference hard cap, in decoder steps
     max_frames_per_char: float = 20.0  # inference cap per input character, in mel frames
     gate_threshold: float = 0.5  # stop probability that ends inference
+    end_hold_frames: int = 20  # inference also ends after attention held the last symbol this long
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Training batches from a prepared dataset: dataset, collate and a bucketing sampler.
+
+Texts and mels are never truncated. A batch is padded to the longest item and then
+up to a multiple of every reduction factor in use (see `model.pad_multiple`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from tacotune.audio import SILENCE_LOG_MEL
+from tacotune.data.manifest import ManifestEntry
+from tacotune.errors import DatasetError, UnknownSymbolError
+from tacotune.text.frontend import model_input_to_ids
+from tacotune.text.symbols import PAD_ID
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch; lengths are the real ones."""
+
+    ids: list[str]
+    text: Tensor  # (B, N) long, padded with PAD_ID
+    text_lengths: Tensor  # (B,) characters including EOS
+    mel: Tensor  # (B, n_mels, T) float, padded with silence; T % pad_multiple == 0
+    mel_lengths: Tensor  # (B,) frames
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on `device` (non-blocking where possible)."""
+        return dataclasses.replace(
+            self,
+            text=self.text.to(device, non_blocking=True),
+            text_lengths=self.text_lengths.to(device, non_blocking=True),
+            mel=self.mel.to(device, non_blocking=True),
+            mel_lengths=self.mel_lengths.to(device, non_blocking=True),
+        )
+
+
+def encode_manifest_text(text: str, utterance_id: str) -> list[int]:
+    """Ids of a manifest's model-input text, + EOS; the manifest must fit the symbol table."""
+    try:
+        return list(model_input_to_ids(text))
+    except UnknownSymbolError as error:
+        raise DatasetError(
+            f"utterance {utterance_id!r}: {error}; run `tacotune prepare` again "
+            "with this tacotune version"
+        ) from error
+
+
+class TextMelDataset(Dataset[tuple[Tensor, Tensor]]):
+    """(ids, mel) pairs from manifest entries; text is encoded up front so errors come early."""
+
+    def __init__(self, entries: Sequence[ManifestEntry], root: Path) -> None:
+        if not entries:
+            raise DatasetError(f"no utterances in this split of {root}")
+        self.entries = list(entries)
+        self.root = root
+        self.texts = [encode_manifest_text(e.text, e.id) for e in self.entries]
+        self.frames = [e.n_frames for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        """(N,) ids and (n_mels, T) log-mel."""
+        entry = self.entries[index]
+        mel = np.load(self.root / entry.mel_path)
+        if mel.shape[1] != entry.n_frames:
+            raise DatasetError(
+                f"{entry.mel_path} has {mel.shape[1]} frames, the manifest says "
+                f"{entry.n_frames}; run `tacotune prepare` again"
+            )
+        return torch.tensor(self.texts[index]), torch.from_numpy(mel)
+
+
+class Collate:
+    """Pads a list of (ids, mel) into a Batch (a class so DataLoader workers can pickle it)."""
+
+    def __init__(self, pad_multiple: int) -> None:
+        self.pad_multiple = pad_multiple
+
+    def __call__(self, items: list[tuple[Tensor, Tensor]], ids: list[str] | None = None) -> Batch:
+        text_lengths = torch.tensor([len(t) for t, _ in items])
+        mel_lengths = torch.tensor([m.shape[1] for _, m in items])
+        n_mels = items[0][1].shape[0]
+        frames = math.ceil(int(mel_lengths.max()) / self.pad_multiple) * self.pad_multiple
+        text = torch.full((len(items), int(text_lengths.max())), PAD_ID, dtype=torch.long)
+        mel = torch.full((len(items), n_mels, frames), SILENCE_LOG_MEL)
+        for i, (t, m) in enumerate(items):
+            text[i, : len(t)] = t
+            mel[i, :, : m.shape[1]] = m
+        return Batch(ids or [], text, text_lengths, mel, mel_lengths)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length, sharded across ranks, reproducible per epoch.
+
+    Indices are shuffled, cut into buckets of `batch_size * bucket_batches`, sorted by
+    length inside a bucket, cut into batches, and the batches shuffled again. Every
+    rank gets the same number of batches (extra ones are dropped) so DDP stays in step.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        bucket_batches: int = 16,
+    ) -> None:
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sampler setup: batch {batch_size}, rank {rank}/{world_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.bucket = batch_size * bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of `epoch` (the training loop calls this)."""
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches for the current epoch."""
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.bucket):
+            bucket = sorted(order[start : start + self.bucket], key=self.lengths.__getitem__)
+            batches += [
+                bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)
+            ]
+        rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[self.rank : usable : self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

@@ -1,0 +1,67 @@
+"""Figures a person checks: attention alignment, mel spectrogram, stop-token curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never opens a window
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from torch import Tensor
+
+
+def alignment_figure(alignment: Tensor, title: str = "") -> Figure:
+    """(S, N) attention -> figure with decoder steps on x and characters on y."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    image = ax.imshow(
+        alignment.detach().float().cpu().T.numpy(),
+        aspect="auto",
+        origin="lower",
+        interpolation="none",
+        vmin=0.0,
+        vmax=1.0,
+    )
+    fig.colorbar(image, ax=ax)
+    ax.set_xlabel("decoder step")
+    ax.set_ylabel("character")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def mel_figure(mel: Tensor, title: str = "", target: Tensor | None = None) -> Figure:
+    """(n_mels, T) log-mel (and an optional target below it)."""
+    rows = 2 if target is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.5 * rows), squeeze=False)
+    for ax, data, name in zip(axes[:, 0], (mel, target), ("predicted", "target"), strict=False):
+        assert data is not None
+        ax.imshow(
+            data.detach().float().cpu().numpy(), aspect="auto", origin="lower", interpolation="none"
+        )
+        ax.set_ylabel(f"{name} mel")
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def gate_figure(gate_logits: Tensor, threshold: float, title: str = "") -> Figure:
+    """(S,) stop logits as probabilities with the stop threshold."""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.plot(gate_logits.detach().float().sigmoid().cpu().numpy(), label="stop probability")
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label="threshold")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("decoder step")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write a PNG and free the figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

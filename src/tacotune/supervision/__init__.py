@@ -1,0 +1,1 @@
+"""Training supervision: alignment metrics, early stopping, divergence guard."""

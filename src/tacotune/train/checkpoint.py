@@ -1,0 +1,151 @@
+"""Self-describing checkpoints, written atomically and loaded with `weights_only=True`.
+
+A checkpoint holds everything needed to resume exactly or to synthesize without
+any other file: the resolved config, the text frontend (symbol table, stress
+mode, dictionary), model/optimizer/scheduler/scaler states, step and data
+position, RNG states, the best score, the dataset fingerprint and the code version.
+Only tensors, numbers, strings, lists and dicts are stored, so loading never
+executes pickled code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from tacotune import __version__
+from tacotune.config.load import config_from_dict, config_to_dict
+from tacotune.config.schema import Config
+from tacotune.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the layout below changes incompatibly
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to `path` atomically: temp file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` (tensors to CPU)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as error:  # truncated or not a torch file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from error
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {payload.get('format_version')}, this tacotune "
+            f"({__version__}) reads format {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any]) -> Config:
+    """The resolved config stored in a checkpoint."""
+    return config_from_dict(payload["config"])
+
+
+def config_payload(config: Config) -> dict[str, Any]:
+    """The config as plain data for a checkpoint."""
+    return config_to_dict(config)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as plain data/tensors."""
+    _, keys, position, has_gauss, gauss = cast(
+        tuple[str, np.ndarray, int, int, float], np.random.get_state()
+    )
+    state: dict[str, Any] = {
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": position,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    internal, version, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def code_version() -> str:
+    """tacotune's version, plus the git commit when running from a checkout."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit.stdout.strip()}"
+
+
+def warm_start_state(
+    model: torch.nn.Module, source: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Merge `source` weights into the model's state, skipping missing or differently shaped
+    tensors; returns the merged state and a description of every skipped tensor."""
+    target = model.state_dict()
+    skipped = []
+    for name, tensor in target.items():
+        if name not in source:
+            skipped.append(f"{name}: not in the checkpoint (kept its fresh initialization)")
+        elif source[name].shape != tensor.shape:
+            skipped.append(
+                f"{name}: shape {tuple(source[name].shape)} in the checkpoint, "
+                f"{tuple(tensor.shape)} here"
+            )
+        else:
+            target[name] = source[name]
+    return target, skipped
+
+
+def prune_step_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` newest `step_*.pt` files."""
+    steps = sorted(directory.glob("step_*.pt"))
+    for old in steps[: max(len(steps) - keep, 0)]:
+        old.unlink()

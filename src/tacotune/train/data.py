@@ -1,0 +1,116 @@
+"""The training run's data: datasets, the resumable batch stream, validation and probes."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from tacotune.config.schema import Config
+from tacotune.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
+from tacotune.data.manifest import PreparedDataset
+from tacotune.errors import ConfigError, DatasetError
+from tacotune.model.tacotron2 import pad_multiple
+from tacotune.text.frontend import TextFrontend
+from tacotune.train.evaluate import Utterance
+
+
+@dataclass
+class Position:
+    """Where the batch stream is: enough to continue exactly after a resume."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop reads."""
+
+    train_set: TextMelDataset
+    val_batches: list[Batch]
+    utterances: list[Utterance]  # decoded free-running at each evaluation
+    sampler: BucketBatchSampler
+    collate: Collate
+    workers: int
+    frontend: TextFrontend
+    position: Position = field(default_factory=Position)
+
+    def stream(self) -> Iterator[Batch]:
+        """Batches forever, epoch after epoch, starting at `position`."""
+        while True:
+            self.sampler.set_epoch(self.position.epoch)
+            batches = self.sampler.batches()
+            if not batches:
+                raise DatasetError(
+                    "this process gets no batch: the training split has fewer "
+                    "batches than there are processes; lower train.batch_size"
+                )
+            remaining = batches[self.position.batch_in_epoch :]
+            # the loader's own generator: a DataLoader iterator otherwise draws its worker seed
+            # from the global RNG, and a resumed run would shift every dropout mask after it
+            loader_rng = torch.Generator().manual_seed(self.sampler.seed + self.position.epoch)
+            loader = DataLoader(
+                self.train_set,
+                batch_sampler=remaining,
+                collate_fn=self.collate,
+                num_workers=self.workers,
+                pin_memory=torch.cuda.is_available(),
+                generator=loader_rng,
+            )
+            for batch in loader if remaining else ():
+                self.position.batch_in_epoch += 1
+                yield batch
+            self.position = Position(self.position.epoch + 1, 0)
+
+
+def check_compatible(config: Config, prepared: PreparedDataset) -> None:
+    """The run must read text and audio exactly as the dataset was prepared."""
+    for section in ("text", "audio"):
+        ours, theirs = getattr(config, section), getattr(prepared.config, section)
+        if ours != theirs:
+            differing = [
+                k for k in ours.__dataclass_fields__ if getattr(ours, k) != getattr(theirs, k)
+            ]
+            raise ConfigError(
+                f"{prepared.root} was prepared with different {section} settings "
+                f"({', '.join(f'{section}.{k}' for k in differing)}); prepare it again with this "
+                "config, or train with the settings it was prepared with"
+            )
+
+
+def build_training_data(
+    prepared: PreparedDataset, config: Config, rank: int, world_size: int
+) -> TrainingData:
+    """Datasets, a rank-sharded bucketing sampler, validation batches and probe utterances."""
+    check_compatible(config, prepared)
+    train_set = TextMelDataset(prepared.split("train"), prepared.root)
+    val_set = TextMelDataset(prepared.split("val"), prepared.root)
+    collate = Collate(pad_multiple(config.model))
+    sampler = BucketBatchSampler(
+        train_set.frames, config.train.batch_size, config.train.seed, rank, world_size
+    )
+    order = sorted(range(len(val_set)), key=val_set.frames.__getitem__)
+    size = config.train.batch_size
+    val_batches = [
+        collate([val_set[i] for i in order[s : s + size]]) for s in range(0, len(order), size)
+    ]
+    frames_per_char = statistics.median(
+        e.n_frames / len(t) for e, t in zip(train_set.entries, train_set.texts, strict=True)
+    )
+    frontend = TextFrontend(prepared.config.text)
+    utterances = [
+        Utterance(f"probe_{i}", text, ids, frames_per_char * len(ids))
+        for i, text in enumerate(config.train.probe_sentences)
+        for ids in [frontend.encode(text)]
+    ]
+    for entry, ids in list(zip(val_set.entries, val_set.texts, strict=True))[
+        : config.supervision.free_running_val_utterances
+    ]:
+        utterances.append(Utterance(f"val_{entry.id}", entry.raw_text, ids, entry.n_frames))
+    return TrainingData(
+        train_set, val_batches, utterances, sampler, collate, config.train.data_workers, frontend
+    )

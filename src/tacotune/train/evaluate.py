@@ -1,0 +1,148 @@
+"""Evaluation during training: teacher-forced validation losses and free-running synthesis.
+
+Teacher forcing hides broken attention (keithito/tacotron#141), so alignment is
+judged on free-running decoding of the probe sentences and a few validation
+utterances. Evaluation runs on a forked RNG: it never changes the training run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tacotune.config.schema import Config
+from tacotune.data.dataset import Batch
+from tacotune.losses import tacotron2_loss
+from tacotune.model.tacotron2 import Tacotron2
+from tacotune.supervision.metrics import (
+    AlignmentMetrics,
+    batch_alignment_metrics,
+    composite_score,
+    gate_balanced_accuracy,
+    summarize,
+)
+from tacotune.text.symbols import PAD_ID
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Something to decode free-running."""
+
+    name: str
+    text: str
+    ids: Sequence[int]
+    expected_frames: float  # from the real audio, or estimated from the corpus speech rate
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One free-running result, cropped to its real size."""
+
+    utterance: Utterance
+    mel: Tensor  # (n_mels, T)
+    alignment: Tensor  # (S, N)
+    gate: Tensor  # (S,)
+    metrics: AlignmentMetrics
+    stopped_by_gate: bool
+    stopped_at_end: bool
+    hit_max_steps: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every metric by name, the composite score, and the probe samples."""
+
+    metrics: dict[str, float]
+    score: float
+    samples: list[Sample]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Tacotron2,
+    val_batches: Iterable[Batch],
+    utterances: Sequence[Utterance],
+    config: Config,
+    step: int,
+    r: int,
+    device: torch.device,
+) -> Evaluation:
+    """Validation losses, teacher-forced and free-running alignment metrics, the score."""
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.train.seed)
+        metrics = _teacher_forced(model, val_batches, config, step, r, device)
+        samples = _free_running(model, utterances, device, config.train.seed)
+    model.train(was_training)
+    free = [s.metrics for s in samples]
+    metrics.update(summarize(free, "free"))
+    metrics["free/max_steps_rate"] = sum(s.hit_max_steps for s in samples) / len(samples)
+    metrics["free/stopped_by_gate_rate"] = sum(s.stopped_by_gate for s in samples) / len(samples)
+    metrics["free/stopped_at_end_rate"] = sum(s.stopped_at_end for s in samples) / len(samples)
+    score = composite_score(metrics, config.supervision.score_alignment_weight)
+    metrics["score"] = score
+    return Evaluation(metrics, score, samples)
+
+
+def _teacher_forced(
+    model: Tacotron2,
+    batches: Iterable[Batch],
+    config: Config,
+    step: int,
+    r: int,
+    device: torch.device,
+) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    tf_metrics: list[AlignmentMetrics] = []
+    count = 0
+    for batch in batches:
+        b = batch.to(device)
+        out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, r)
+        terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, step)
+        steps = torch.div(b.mel_lengths + r - 1, r, rounding_mode="floor")
+        n = len(b.text_lengths)
+        values = terms.scalars()
+        values["gate_accuracy"] = gate_balanced_accuracy(out.gate, steps)
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value * n
+        tf_metrics += batch_alignment_metrics(
+            out.alignments.cpu(), steps.cpu(), b.text_lengths.cpu()
+        )
+        count += n
+    metrics = {f"val/{k}": v / count for k, v in sums.items()} if count else {}
+    metrics.update(summarize(tf_metrics, "val_tf"))
+    return metrics
+
+
+def _free_running(
+    model: Tacotron2, utterances: Sequence[Utterance], device: torch.device, seed: int
+) -> list[Sample]:
+    lengths = torch.tensor([len(u.ids) for u in utterances])
+    text = torch.full((len(utterances), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, u in enumerate(utterances):
+        text[i, : len(u.ids)] = torch.tensor(list(u.ids))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.infer(text.to(device), lengths.to(device), generator=generator)
+    r = out.reduction_factor
+    steps = (out.lengths // r).cpu()
+    expected = torch.tensor([u.expected_frames / r for u in utterances])
+    alignment_metrics = batch_alignment_metrics(out.alignments.cpu(), steps, lengths, expected)
+    samples = []
+    for i, u in enumerate(utterances):
+        samples.append(
+            Sample(
+                utterance=u,
+                mel=out.mel_postnet[i, :, : int(out.lengths[i])].cpu(),
+                alignment=out.alignments[i, : int(steps[i]), : int(lengths[i])].cpu(),
+                gate=out.gate[i, : int(steps[i])].cpu(),
+                metrics=alignment_metrics[i],
+                stopped_by_gate=bool(out.stopped_by_gate[i]),
+                stopped_at_end=bool(out.stopped_at_end[i]),
+                hit_max_steps=bool(out.hit_max_steps[i]),
+            )
+        )
+    return samples

@@ -1,0 +1,169 @@
+"""What a run writes besides metrics: its state, checkpoints and listenable samples."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tacotune.audio import griffin_lim, save_wav
+from tacotune.config.schema import Config, TrainConfig
+from tacotune.plotting import alignment_figure, gate_figure, mel_figure
+from tacotune.text.symbols import SYMBOLS
+from tacotune.tracking import RunTracker
+from tacotune.train.checkpoint import (
+    code_version,
+    config_payload,
+    prune_step_checkpoints,
+    rng_state,
+    save_checkpoint,
+)
+from tacotune.train.evaluate import Evaluation
+
+if TYPE_CHECKING:
+    from tacotune.train.data import TrainingData
+
+
+@dataclass
+class TrainState:
+    """Counters the loop keeps; saved in every checkpoint."""
+
+    step: int = 0
+    best_score: float = math.inf
+    best_step: int = -1
+    skipped_steps: int = 0
+    elapsed: float = 0.0  # wall seconds so far, evaluations included (resume keeps the budget)
+    eval_seconds: float = 0.0  # of which spent evaluating
+    sums: dict[str, float] = field(default_factory=dict)  # training scalars since last eval
+    count: int = 0
+
+    def accumulate(self, scalars: dict[str, float]) -> None:
+        """Add one step's training scalars to the running means."""
+        for name, value in scalars.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def train_means(self) -> dict[str, float]:
+        """Means since the last call, as `train/<name>`; resets the sums."""
+        means = {f"train/{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return means
+
+    def step_rate(self, elapsed: float) -> float:
+        """Steps per second over the whole run."""
+        return self.step / elapsed if elapsed > 0 else 0.0
+
+    def saved(self) -> dict[str, Any]:
+        """Plain data for a checkpoint."""
+        return asdict(self)
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Inverse of `saved`."""
+        for name, value in saved.items():
+            setattr(self, name, value)
+
+
+def checkpoint_payload(
+    config: Config,
+    data: TrainingData,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Everything a checkpoint holds (see train/checkpoint.py)."""
+    return {
+        "config": config_payload(config),
+        "text_frontend": data.frontend.state(),
+        "n_symbols": len(SYMBOLS),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": state.saved(),
+        "epoch": data.position.epoch,
+        "batch_in_epoch": data.position.batch_in_epoch,
+        "rng": rng_state(),
+        "dataset_fingerprint": fingerprint,
+        "code_version": code_version(),
+    }
+
+
+def write_checkpoints(
+    run_dir: Path,
+    payload: dict[str, Any],
+    is_best: bool,
+    config: TrainConfig,
+    step_copy: bool = True,
+) -> None:
+    """last.pt always; best.pt when the score improved; a step_N.pt copy, keeping the newest N."""
+    directory = run_dir / "checkpoints"
+    save_checkpoint(directory / "last.pt", payload)
+    if is_best:
+        save_checkpoint(directory / "best.pt", payload)
+    if step_copy and config.keep_checkpoints > 0:
+        save_checkpoint(directory / f"step_{payload['state']['step']:07d}.pt", payload)
+        prune_step_checkpoints(directory, config.keep_checkpoints)
+
+
+def write_samples(
+    run_dir: Path, tracker: RunTracker, evaluation: Evaluation, config: Config, step: int
+) -> None:
+    """Griffin-Lim audio and figures of every free-running sample, to samples/ and TensorBoard."""
+    if not tracker.active:
+        return
+    directory = run_dir / "samples" / f"step_{step:07d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    for sample in evaluation.samples:
+        name = sample.utterance.name
+        m = sample.metrics
+        stop = (
+            "gate stop"
+            if sample.stopped_by_gate
+            else "stopped at end (gate silent)"
+            if sample.stopped_at_end
+            else "HIT MAX STEPS"
+        )
+        title = f"{name} step {step}: diagonality {m.diagonality:.2f}, focus {m.focus:.2f}, {stop}"
+        tracker.figure(
+            f"alignment/{name}",
+            alignment_figure(sample.alignment, title),
+            step,
+            directory / f"{name}_alignment.png",
+        )
+        tracker.figure(
+            f"mel/{name}", mel_figure(sample.mel, name), step, directory / f"{name}_mel.png"
+        )
+        tracker.figure(
+            f"gate/{name}",
+            gate_figure(sample.gate, config.model.gate_threshold, name),
+            step,
+            directory / f"{name}_gate.png",
+        )
+        if sample.mel.shape[1] > 0:
+            audio = griffin_lim(sample.mel, config.audio).numpy()
+            save_wav(directory / f"{name}.wav", audio, config.audio.sample_rate)
+            tracker.audio(f"audio/{name}", audio, config.audio.sample_rate, step)
+    results = [
+        {
+            "name": s.utterance.name,
+            "text": s.utterance.text,
+            "frames": int(s.mel.shape[1]),
+            "expected_frames": round(s.utterance.expected_frames, 1),
+            "stopped_by_gate": s.stopped_by_gate,
+            "stopped_at_end": s.stopped_at_end,
+            "hit_max_steps": s.hit_max_steps,
+            "aligned": s.metrics.aligned,
+            **asdict(s.metrics),
+        }
+        for s in evaluation.samples
+    ]
+    (directory / "results.json").write_text(
+        json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8"
+    )

@@ -1,0 +1,227 @@
+"""The training loop on a small synthetic dataset: contract, checkpoints, resume, warm start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tacotune.config import Config, load_config
+from tacotune.data.prepare import prepare_dataset
+from tacotune.errors import CheckpointError, ConfigError
+from tacotune.train import resume, train
+from tacotune.train.checkpoint import load_checkpoint, save_checkpoint
+from tacotune.train.evaluate import Evaluation
+
+from conftest import TINY, good_rows
+
+TINY_TRAIN = [
+    *TINY,
+    "text.stress=off",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.eval_every=3",
+    "train.max_steps=6",
+    "train.keep_checkpoints=1",
+    "train.precision=fp32",
+    "tracking.tensorboard=false",
+    "supervision.free_running_val_utterances=1",
+    "model.max_decoder_steps=40",
+    "train.probe_sentences=['мама мыла раму.']",
+]
+
+
+def tiny_train(*overrides: str) -> Config:
+    return load_config(None, [*TINY_TRAIN, *overrides])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import soundfile as sf
+
+    from conftest import SR
+
+    root = tmp_path_factory.mktemp("data") / "lj"
+    (root / "wavs").mkdir(parents=True)
+    rows = good_rows(12)
+    for utt_id, _, audio in rows:
+        sf.write(root / "wavs" / f"{utt_id}.wav", audio, SR)
+    (root / "metadata.csv").write_text("\n".join(f"{i}|{t}" for i, t, _ in rows), encoding="utf-8")
+    out = root.parent / "prepared"
+    prepare_dataset(root, out, tiny_train("data.workers=1"))
+    return out
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / name)["model"]
+
+
+def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
+    result = train(tiny_train(), prepared, tmp_path / "run")
+    run = tmp_path / "run"
+    assert (result.step, result.stop_reason) == (6, "max_steps")
+    assert load_config(run / "config.yaml") == tiny_train()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [3, 6]
+    for key in (
+        "wall_time",
+        "score",
+        "val/mel_postnet",
+        "val/gate_accuracy",
+        "free/diagonality",
+        "free/aligned_rate",
+        "train/total",
+        "train/grad_norm",
+    ):
+        assert key in metrics[-1], key
+    events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events[0] == "started" and events[-1] == "finished" and "best" in events
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {
+        "last.pt",
+        "best.pt",
+        "step_0000006.pt",
+    }
+    sample = run / "samples" / "step_0000006"
+    assert (sample / "probe_0.wav").exists() and (sample / "probe_0_alignment.png").exists()
+
+
+def test_checkpoint_is_self_describing_and_atomic(prepared: Path, tmp_path: Path) -> None:
+    train(tiny_train(), prepared, tmp_path / "run")
+    payload = load_checkpoint(tmp_path / "run")  # a run directory means its last.pt
+    assert payload["state"]["step"] == 6
+    assert payload["config"]["model"]["decoder_rnn_dim"] == 24
+    assert payload["text_frontend"]["stress"] == "off"
+    assert len(payload["text_frontend"]["symbols"]) == payload["n_symbols"]
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "dataset_fingerprint",
+        "code_version",
+        "epoch",
+        "batch_in_epoch",
+    } <= set(payload)
+    copy = tmp_path / "copy.pt"
+    save_checkpoint(copy, payload)
+    assert not list(tmp_path.glob(".copy.pt.tmp"))
+    assert torch.equal(
+        load_checkpoint(copy)["model"]["postnet.blocks.0.conv.weight"],
+        payload["model"]["postnet.blocks.0.conv.weight"],
+    )
+    copy.write_bytes(copy.read_bytes()[:1000])  # what a crash mid-write would have left
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(copy)
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
+    prepared: Path, tmp_path: Path
+) -> None:
+    train(tiny_train(), prepared, tmp_path / "straight")
+    train(tiny_train("train.max_steps=3"), prepared, tmp_path / "split")
+    result = resume(tmp_path / "split", prepared, ["train.max_steps=6"])
+    assert result.step == 6
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert different == []
+
+
+def test_resume_refuses_to_change_the_model(prepared: Path, tmp_path: Path) -> None:
+    train(tiny_train("train.max_steps=3"), prepared, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"model\.decoder_rnn_dim"):
+        resume(tmp_path / "run", prepared, ["model.decoder_rnn_dim=32"])
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    def interrupt(step: int, evaluation: Evaluation) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train(), prepared, tmp_path / "run", on_eval=interrupt)
+    events = (tmp_path / "run" / "events.jsonl").read_text()
+    assert '"event": "interrupted"' in events
+    assert resume(tmp_path / "run", prepared).step == 6
+
+
+def test_warm_start_skips_layers_whose_shape_differs(prepared: Path, tmp_path: Path) -> None:
+    train(tiny_train("train.max_steps=3"), prepared, tmp_path / "source")
+    payload = load_checkpoint(tmp_path / "source")
+    embedding = payload["model"]["encoder.embedding.weight"]
+    payload["model"]["encoder.embedding.weight"] = torch.zeros(
+        embedding.shape[0] + 5, embedding.shape[1]
+    )
+    save_checkpoint(tmp_path / "other_symbols.pt", payload)
+    frozen = ["train.max_steps=1", "train.learning_rate=1e-12", "train.min_learning_rate=1e-12"]
+    train(
+        tiny_train(*frozen), prepared, tmp_path / "warm", warm_start=tmp_path / "other_symbols.pt"
+    )
+    started = json.loads((tmp_path / "warm" / "events.jsonl").read_text().splitlines()[0])
+    assert [s.split(":")[0] for s in started["warm_start_skipped"]] == ["encoder.embedding.weight"]
+    warm = _weights(tmp_path / "warm")
+    assert torch.allclose(
+        warm["decoder.attention_rnn.weight_hh"],
+        payload["model"]["decoder.attention_rnn.weight_hh"],
+        atol=1e-9,
+    )
+    assert not torch.allclose(warm["encoder.embedding.weight"][:5], embedding[:5])
+
+
+def test_training_refuses_a_dataset_prepared_with_other_audio(
+    prepared: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"audio\.n_mels"):
+        train(tiny_train("audio.n_mels=40"), prepared, tmp_path / "run")
+
+
+def test_on_eval_receives_every_evaluation(prepared: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, float]] = []
+
+    def callback(step: int, evaluation: Evaluation) -> None:
+        seen.append((step, evaluation.score))
+
+    train(tiny_train(), prepared, tmp_path / "run", on_eval=callback)
+    assert [s for s, _ in seen] == [3, 6]
+    assert all(score > 0 for _, score in seen)
+
+
+def test_two_process_ddp_run_on_cpu(prepared: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for item in TINY_TRAIN for arg in ("--set", item)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "tacotune",
+        "-q",
+        "train",
+        str(prepared),
+        "-o",
+        str(tmp_path / "run"),
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [
+        json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    ]
+    assert events[0]["event"] == "started" and events[0]["world_size"] == 2
+    assert events[-1]["event"] == "finished" and events[-1]["step"] == 6
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_training_into_an_existing_run_is_refused(prepared: Path, tmp_path: Path) -> None:
+    train(tiny_train("train.max_steps=3"), prepared, tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(tiny_train(), prepared, tmp_path / "run")
