@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tacotune.config import Config, load_config
+
 SR = 22050
 # a Tacotron2 small enough for unit tests (~40k parameters)
 TINY = [
@@ -89,3 +91,41 @@ def good_rows(n: int = 10) -> list[tuple[str, str, AudioSpec]]:
         (f"good_{i:02d}", GOOD_TEXTS[i % len(GOOD_TEXTS)], for_text(GOOD_TEXTS[i % 10]))
         for i in range(n)
     ]
+
+
+# training runs in seconds: the tiny model on a 12-utterance synthetic dataset
+TINY_TRAIN = [
+    *TINY,
+    "text.stress=off",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.eval_every=3",
+    "train.max_steps=6",
+    "train.keep_checkpoints=1",
+    "train.precision=fp32",
+    "tracking.tensorboard=false",
+    "supervision.free_running_val_utterances=1",
+    "model.max_decoder_steps=40",
+    "train.probe_sentences=['мама мыла раму.']",
+]
+
+
+def tiny_train(*overrides: str) -> Config:
+    """The tiny training config with overrides."""
+    return load_config(None, [*TINY_TRAIN, *overrides])
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared 12-utterance dataset, shared by every training test (read-only)."""
+    from tacotune.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("data") / "lj"
+    (root / "wavs").mkdir(parents=True)
+    rows = good_rows(12)
+    for utt_id, _, audio in rows:
+        sf.write(root / "wavs" / f"{utt_id}.wav", audio, SR)
+    (root / "metadata.csv").write_text("\n".join(f"{i}|{t}" for i, t, _ in rows), encoding="utf-8")
+    out = root.parent / "prepared"
+    prepare_dataset(root, out, tiny_train("data.workers=1"))
+    return out

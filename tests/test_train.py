@@ -8,50 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tacotune.config import Config, load_config
-from tacotune.data.prepare import prepare_dataset
+from tacotune.config import load_config
 from tacotune.errors import CheckpointError, ConfigError
 from tacotune.train import resume, train
 from tacotune.train.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.train.evaluate import Evaluation
 
-from conftest import TINY, good_rows
-
-TINY_TRAIN = [
-    *TINY,
-    "text.stress=off",
-    "train.batch_size=4",
-    "train.warmup_steps=2",
-    "train.eval_every=3",
-    "train.max_steps=6",
-    "train.keep_checkpoints=1",
-    "train.precision=fp32",
-    "tracking.tensorboard=false",
-    "supervision.free_running_val_utterances=1",
-    "model.max_decoder_steps=40",
-    "train.probe_sentences=['мама мыла раму.']",
-]
-
-
-def tiny_train(*overrides: str) -> Config:
-    return load_config(None, [*TINY_TRAIN, *overrides])
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import soundfile as sf
-
-    from conftest import SR
-
-    root = tmp_path_factory.mktemp("data") / "lj"
-    (root / "wavs").mkdir(parents=True)
-    rows = good_rows(12)
-    for utt_id, _, audio in rows:
-        sf.write(root / "wavs" / f"{utt_id}.wav", audio, SR)
-    (root / "metadata.csv").write_text("\n".join(f"{i}|{t}" for i, t, _ in rows), encoding="utf-8")
-    out = root.parent / "prepared"
-    prepare_dataset(root, out, tiny_train("data.workers=1"))
-    return out
+from conftest import TINY_TRAIN, tiny_train
 
 
 def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
@@ -81,6 +44,7 @@ def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
         "last.pt",
         "best.pt",
+        "good.pt",  # the rollback target: the newest checkpoint without a bad step before it
         "step_0000006.pt",
     }
     sample = run / "samples" / "step_0000006"

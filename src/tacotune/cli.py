@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
     syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
 
+    mon = _command(commands, "monitor", _cmd_monitor, "watch a run from its files")
+    mon.add_argument("run_dir", help="a run directory (tacotune train -o DIR)")
+    mon.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    mon.add_argument(
+        "--dashboards",
+        action="store_true",
+        help="also serve TensorBoard on 127.0.0.1 (stopped when monitor exits)",
+    )
+    mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+
     show = _command(commands, "config", _cmd_config, "print the resolved configuration")
     _config_arguments(show)
     return parser
@@ -136,18 +146,25 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _configure_logging(verbose: bool) -> None:
-    handler = RichHandler(
-        console=progress.CONSOLE,
-        show_path=False,
-        markup=False,
-        rich_tracebacks=False,
-        log_time_format="[%X]",
-    )
+    """Once, here: rich records on a terminal, plain one-line records anywhere else
+    (pipes, CI logs, files), so that every message stays one greppable line."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(
+            console=progress.CONSOLE,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            log_time_format="[%X]",
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[handler],
-        force=True,
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
     )
     for noisy in ("matplotlib", "numba", "PIL", "urllib3", "pymorphy3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -299,3 +316,11 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
             json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
         )
     return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from tacotune.monitor import monitor
+
+    return monitor(
+        Path(args.run_dir), once=args.once, dashboards=args.dashboards, interval=args.interval
+    )

@@ -131,6 +131,25 @@ LEGACY: dict[str, Mapped | Rejected] = {
     "use_bucket_batching": Rejected("batches are always length-bucketed"),
     "drop_frame_rate": Rejected("frame dropout is not implemented; prenet dropout does its job"),
     "fp16": Rejected("use fp16_run=True or train.precision"),
+    # supervision (names from the predecessor's README_HYPERPARAMS)
+    "early_stopping_patience": Mapped("supervision.patience"),
+    "early_stopping_min_delta": Mapped("supervision.min_delta"),
+    "max_restart_attempts": Mapped("supervision.max_rollbacks"),
+    "gradient_explosion_threshold": Mapped("supervision.grad_norm_ceiling"),
+    "debug_report_interval": Mapped("supervision.debug_every"),
+    "nan_detection_threshold": Rejected("a non-finite loss or gradient is always a bad step"),
+    "emergency_restart_enabled": Rejected(
+        "the divergence guard is always on; supervision.max_rollbacks bounds its rollbacks"
+    ),
+    "debug_reporting": Rejected(
+        "debug reports are written on every guard event; supervision.debug_every adds periodic ones"
+    ),
+    "telegram_monitoring": Rejected(
+        "alerts go to Telegram whenever TACOTUNE_TELEGRAM_TOKEN and TACOTUNE_TELEGRAM_CHAT_ID "
+        "are set in the environment (never in a config)"
+    ),
+    "telegram_notification_interval": Rejected("see alerts.summary_every_minutes"),
+    "tensorboard_logging": Mapped("tracking.tensorboard"),
 }
 for _name in (
     "save_interval",

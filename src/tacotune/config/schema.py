@@ -143,6 +143,21 @@ class SupervisionConfig:
 
     score_alignment_weight: float = 1.0  # score = val mel loss + this * (1 - free-running quality)
     free_running_val_utterances: int = 4  # validation utterances also decoded free-running
+    patience: int = (
+        10  # evaluations without improving the score by min_delta before stopping; 0: off
+    )
+    min_delta: float = 0.0  # the smallest score decrease that counts as an improvement
+    aligned_share: float = 1.0  # share of free-running utterances aligned for "the run is aligned"
+    align_by_step: int = 0  # stop (reason no_alignment) if not aligned by this step; 0: off
+    max_bad_steps: int = 5  # consecutive bad (skipped) steps that trigger a rollback
+    grad_norm_ceiling: float = 1e4  # a step whose unscaled gradient norm exceeds this is bad
+    grad_norm_factor: float = 20.0  # ... as is one above this many times the running median
+    loss_spike_factor: float = 5.0  # a loss above this many times the running median is bad
+    guard_window: int = 100  # steps in the running medians of the loss and gradient norm
+    guard_warmup: int = 20  # steps of history before the relative checks apply
+    max_rollbacks: int = 3  # rollbacks before training gives up with TrainingDiverged
+    rollback_lr_factor: float = 0.5  # each rollback multiplies the learning rate by this
+    debug_every: int = 0  # steps between debug reports in debug/; 0: only on guard events
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,14 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """Alerts (filled by alerts)."""
+    """Alerts to Telegram, a webhook and the log; secrets only from the environment or a file."""
+
+    summary_every_minutes: float = 30.0  # progress summaries at most this often; 0: none
+    send_samples: bool = True  # attach the newest sample wav and alignment PNG where possible
+    webhook_url: str = ""  # generic JSON webhook (TACOTUNE_WEBHOOK_URL overrides it)
+    secrets_file: str = ""  # KEY=VALUE lines holding TACOTUNE_TELEGRAM_TOKEN / _CHAT_ID
+    timeout_seconds: float = 10.0  # per HTTP request
+    retries: int = 3  # attempts per message before it is dropped (and the failure logged once)
 
 
 @dataclass(frozen=True)
@@ -246,6 +268,15 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     need(t.eval_every >= 1, "train.eval_every must be >= 1")
     need(t.max_steps >= 1, "train.max_steps must be >= 1")
     need(t.grad_clip > 0, "train.grad_clip must be > 0")
+    sv = cfg.supervision
+    need(0 < sv.aligned_share <= 1, "supervision.aligned_share must be in (0, 1]")
+    need(0 < sv.rollback_lr_factor < 1, "supervision.rollback_lr_factor must be in (0, 1)")
+    need(sv.max_bad_steps >= 1, "supervision.max_bad_steps must be >= 1")
+    need(
+        sv.grad_norm_factor > 1 and sv.loss_spike_factor > 1,
+        "supervision.grad_norm_factor and loss_spike_factor must be > 1",
+    )
+    need(sv.guard_warmup <= sv.guard_window, "supervision.guard_warmup must be <= guard_window")
     need(len(t.probe_sentences) >= 1, "train.probe_sentences needs at least one sentence")
     return problems
 

@@ -94,15 +94,19 @@ class RunTracker:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a JSONL file (an incomplete last line, from a crash, is skipped)."""
+    """All records of a JSONL file. The last line may be being written right now (cut
+    mid-record, even mid-character): it is skipped quietly; a broken earlier line is
+    skipped with a warning."""
     if not path.exists():
         return []
+    lines = path.read_bytes().splitlines()
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, raw in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("skipping an unreadable line in %s", path)
+            records.append(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if number < len(lines):
+                log.warning("skipping unreadable line %d of %s", number, path)
     return records
 
 

@@ -1,11 +1,14 @@
 """`tacotune train`: one plain PyTorch loop with numbered steps.
 
-1. environment (threads, device, processes, precision, seeds)
-2. data (prepared dataset, bucketed sampler, validation batches, probes)
-3. model, optimizer, schedule, scaler (fresh, warm-started or resumed)
-4. run directory (config, metrics, events, TensorBoard)
-5. the loop: forward -> loss -> backward -> unscale -> clip -> step; evaluate; checkpoint
-6. the end: last checkpoint, final event
+1-4. environment, data, model/optimizer/supervision, run directory (session.py)
+5.   the loop: forward -> loss -> backward -> unscale -> clip -> guard -> step;
+     evaluate -> checkpoint -> early stopping
+6.   the end: final event (and `last.pt` on Ctrl-C / kill)
+
+The divergence guard judges every step: bad steps are skipped, a streak of them
+rolls back to the last good checkpoint with a lower learning rate, and too many
+rollbacks end the run with TrainingDiverged. Every decision is an event in
+events.jsonl (and an alert, where alerts are configured).
 """
 
 from __future__ import annotations
@@ -21,32 +24,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.progress import TextColumn
-from torch.nn.parallel import DistributedDataParallel
 
 from tacotune import progress
-from tacotune.config.load import override_config, save_config
+from tacotune.config.load import override_config
 from tacotune.config.schema import Config
-from tacotune.data.manifest import load_prepared
-from tacotune.errors import CheckpointError, ConfigError
+from tacotune.errors import ConfigError
 from tacotune.losses import tacotron2_loss
-from tacotune.model.tacotron2 import Tacotron2, reduction_factor_at
-from tacotune.text.symbols import SYMBOLS
-from tacotune.tracking import RunTracker
-from tacotune.train.checkpoint import (
-    checkpoint_config,
-    load_checkpoint,
-    restore_rng_state,
-    warm_start_state,
-)
-from tacotune.train.data import Position, build_training_data
+from tacotune.model.tacotron2 import reduction_factor_at
+from tacotune.supervision.guard import TrainingDiverged
+from tacotune.train.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.train.evaluate import Evaluation, evaluate
-from tacotune.train.records import TrainState, checkpoint_payload, write_checkpoints, write_samples
-from tacotune.train.setup import (
-    check_ctc_feasible,
-    make_optimizer,
-    make_scheduler,
-    setup_environment,
-)
+from tacotune.train.records import write_samples
+from tacotune.train.session import Session, open_session
+from tacotune.train.setup import Environment
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +52,8 @@ RESUME_OVERRIDABLE = {
     "tracking.tensorboard",
     "tracking.log_every",
 }
+STOP_REASONS = ("", "max_steps", "max_minutes", "patience", "no_alignment")
+LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
 
 
 @dataclass(frozen=True)
@@ -70,7 +62,7 @@ class TrainResult:
 
     run_dir: Path
     step: int
-    stop_reason: str  # max_steps | max_minutes
+    stop_reason: str  # one of STOP_REASONS (TrainingDiverged is raised instead)
     best_score: float
     best_step: int
 
@@ -85,62 +77,11 @@ def train(
     checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a Tacotron2 on a prepared dataset (use `resume` to continue a run)."""
-    run_dir = Path(run_dir)
-    resuming = checkpoint is not None
-    if not resuming and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run; continue it with "
-            f"--resume {run_dir}, or train into a new directory"
-        )
-    # 1. Environment
-    env = setup_environment(config.train)
-    # 2. Data
-    prepared = load_prepared(prepared_dir)
-    data = build_training_data(prepared, config, env.rank, env.world_size)
-    check_ctc_feasible(
-        config,
-        [(len(t), f) for t, f in zip(data.train_set.texts, data.train_set.frames, strict=True)],
-    )
-    # 3. Model, optimizer, schedule, scaler
-    model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels).to(env.device)
-    optimizer = make_optimizer(model, config.train)
-    scheduler = make_scheduler(optimizer, config.train)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=env.precision == "fp16")
-    state = TrainState()
-    skipped_layers: list[str] = []
-    if checkpoint is not None:
-        _restore(checkpoint, model, optimizer, scheduler, scaler, state, prepared.fingerprint)
-        data.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"])
-    elif warm_start is not None:
-        merged, skipped_layers = warm_start_state(model, load_checkpoint(warm_start)["model"])
-        model.load_state_dict(merged)
-    net = DistributedDataParallel(model) if env.world_size > 1 else model
-    # 4. Run directory
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = RunTracker(run_dir, env.is_main, config.tracking.tensorboard)
-    if env.is_main:
-        save_config(config, run_dir / "config.yaml")
-        tracker.event(
-            state.step,
-            "resumed" if resuming else "started",
-            world_size=env.world_size,
-            device=str(env.device),
-            precision=env.precision,
-            parameters=sum(p.numel() for p in model.parameters()),
-            dataset=prepared.fingerprint,
-            warm_start_skipped=skipped_layers,
-        )
-    for line in skipped_layers:
-        log.warning("warm start skipped %s", line)
-
-    def payload() -> dict[str, Any]:
-        return checkpoint_payload(
-            config, data, model, optimizer, scheduler, scaler, state, prepared.fingerprint
-        )
-
-    # 5. The loop
+    # 1-4. environment, data, model, optimizer, supervision, run directory
+    s = open_session(config, prepared_dir, Path(run_dir), warm_start, checkpoint)
+    state, env, tracker = s.state, s.env, s.tracker
     started = time.monotonic() - state.elapsed
-    batches = data.stream()
+    batches = s.data.stream()
     stop_reason = ""
     bar = progress.make_progress(
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[rate]:.2f} steps/s")
@@ -163,7 +104,7 @@ def train(
                     dtype=env.autocast_dtype,
                     enabled=env.autocast_dtype is not None,
                 ):
-                    out = net(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r)
+                    out = s.net(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r)
                 terms = tacotron2_loss(
                     out,
                     batch.mel,
@@ -173,34 +114,35 @@ def train(
                     config.loss,
                     state.step,
                 )
-                # 5.2 backward -> unscale -> clip (the logged norm is the real one) -> step
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms.total).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), config.train.grad_clip
+                # 5.2 backward -> unscale -> clip: the norm the guard sees is the real one
+                s.optimizer.zero_grad(set_to_none=True)
+                s.scaler.scale(terms.total).backward()
+                s.scaler.unscale_(s.optimizer)
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(s.model.parameters(), config.train.grad_clip)
                 )
-                finite = bool(torch.isfinite(terms.total) & torch.isfinite(grad_norm))
-                if finite:
-                    scaler.step(optimizer)
-                else:
-                    state.skipped_steps += 1
-                    tracker.event(
-                        state.step,
-                        "step_skipped",
-                        reason="non-finite loss or gradient",
-                        loss=float(terms.total),
-                        grad_norm=float(grad_norm),
-                    )
-                scaler.update()
-                scheduler.step()
+                # 5.3 the guard: a bad step is skipped; a streak of them rolls back
+                loss = _mean_over_ranks(float(terms.total.detach()), env)
+                verdict = s.guard.check(loss, grad_norm, loss_finite_only=env.precision == "fp16")
+                if not verdict.bad:
+                    s.scaler.step(s.optimizer)  # (fp16: the scaler still skips inf gradients)
+                s.scaler.update()
+                s.scheduler.step()
                 state.step += 1
-                # 5.3 training scalars
+                if verdict.bad or _due(state.step, config.supervision.debug_every):
+                    s.debug(verdict.reason or "periodic", out, batch, terms, grad_norm)
+                if verdict.bad:
+                    _report_bad_step(s, verdict.reason, loss, grad_norm)
+                if verdict.roll_back:
+                    record = s.roll_back(verdict.reason)
+                    tracker.event(state.step, "rollback", **record)
+                    continue
+                # 5.4 training scalars and progress
                 scalars = {
                     **terms.scalars(),
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "r": float(r),
-                    "learning_rate": float(scheduler.get_last_lr()[0]),
+                    "learning_rate": float(s.scheduler.get_last_lr()[0]),
                 }
                 state.accumulate(scalars)
                 if state.step % config.tracking.log_every == 0:
@@ -209,64 +151,120 @@ def train(
                 bar.update(
                     task, completed=state.step, loss=scalars["total"], rate=state.step_rate(elapsed)
                 )
-                # 5.4 evaluation, samples, checkpoints (rank 0; the others wait)
+                # 5.5 evaluation, checkpoints, early stopping (rank 0 decides, all ranks follow)
                 at_end = state.step >= config.train.max_steps
                 out_of_time = 0 < config.train.max_minutes * 60 <= elapsed
                 if state.step % config.train.eval_every == 0 or at_end or out_of_time:
                     state.elapsed = elapsed
-                    eval_started = time.monotonic()
-                    if env.is_main:
-                        evaluation = evaluate(
-                            model,
-                            data.val_batches,
-                            data.utterances,
-                            config,
-                            state.step,
-                            r,
-                            env.device,
-                        )
-                        metrics = {
-                            **evaluation.metrics,
-                            **state.train_means(),
-                            "skipped_steps": float(state.skipped_steps),
-                            "time/train_seconds": elapsed - state.eval_seconds,
-                            "time/eval_seconds": state.eval_seconds,
-                        }
-                        tracker.evaluation(state.step, metrics)
-                        write_samples(run_dir, tracker, evaluation, config, state.step)
-                        improved = evaluation.score < state.best_score
-                        if improved:
-                            state.best_score, state.best_step = evaluation.score, state.step
-                            tracker.event(state.step, "best", score=evaluation.score)
-                        write_checkpoints(run_dir, payload(), improved, config.train)
-                        if on_eval is not None:
-                            on_eval(state.step, evaluation)
-                    _barrier(env.world_size)
-                    state.eval_seconds += time.monotonic() - eval_started
-                # 5.5 stop?
-                if at_end:
-                    stop_reason = "max_steps"
-                elif _agree(out_of_time, env.world_size):
-                    stop_reason = "max_minutes"
+                    stop_reason = _evaluation(s, r, elapsed, on_eval)
+                _barrier(env.world_size)
+                # 5.6 stop?
+                stop_reason = stop_reason or (
+                    "max_steps" if at_end else "max_minutes" if out_of_time else ""
+                )
+                stop_reason = _agree(stop_reason, env)
     except KeyboardInterrupt:
         if env.is_main:
             state.elapsed = time.monotonic() - started
-            write_checkpoints(run_dir, payload(), False, config.train, step_copy=False)
-            tracker.event(state.step, "interrupted", resume_with=f"--resume {run_dir}")
-            tracker.close()
+            s.save(is_best=False, step_copy=False)
+            tracker.event(state.step, "interrupted", resume_with=f"--resume {s.run_dir}")
         raise
-    # 6. The end
-    if env.is_main:
+    except TrainingDiverged as diverged:
+        tracker.event(
+            state.step,
+            "diverged",
+            reason=str(diverged),
+            rollbacks=len(diverged.history) - 1,
+            history=diverged.history,
+        )
+        raise
+    else:
+        # 6. The end
         tracker.event(
             state.step,
             "finished",
             reason=stop_reason,
-            best_score=state.best_score,
-            best_step=state.best_step,
-            skipped_steps=state.skipped_steps,
+            best_score=s.stopper.best_score,
+            best_step=s.stopper.best_step,
+            bad_steps=s.guard.bad_steps,
+            rollbacks=len(s.guard.rollbacks),
         )
-        tracker.close()
-    return TrainResult(run_dir, state.step, stop_reason, state.best_score, state.best_step)
+    finally:
+        s.close()
+    return TrainResult(
+        s.run_dir, state.step, stop_reason, s.stopper.best_score, s.stopper.best_step
+    )
+
+
+def _evaluation(s: Session, r: int, elapsed: float, on_eval: EvalCallback | None) -> str:
+    """Evaluate (rank 0), write metrics, samples and checkpoints; return a stop reason or ""."""
+    state, tracker = s.state, s.tracker
+    if not s.env.is_main:
+        return ""
+    eval_started = time.monotonic()
+    evaluation = evaluate(
+        s.model, s.data.val_batches, s.data.utterances, s.config, state.step, r, s.env.device
+    )
+    update = s.stopper.update(state.step, evaluation.score, evaluation.metrics["free/aligned_rate"])
+    rate = state.step_rate(elapsed)
+    metrics = {
+        **evaluation.metrics,
+        **state.train_means(),
+        "bad_steps": float(s.guard.bad_steps),
+        "rollbacks": float(len(s.guard.rollbacks)),
+        "learning_rate_scale": s.guard.lr_scale,
+        "time/train_seconds": elapsed - state.eval_seconds,
+        "time/eval_seconds": state.eval_seconds,
+    }
+    tracker.evaluation(state.step, metrics)
+    write_samples(s.run_dir, tracker, evaluation, s.config, state.step)
+    if update.improved:
+        tracker.event(state.step, "best", score=evaluation.score)
+    if update.newly_aligned:
+        tracker.event(state.step, "aligned", aligned_rate=evaluation.metrics["free/aligned_rate"])
+    s.save(is_best=update.improved)
+    remaining = s.config.train.max_steps - state.step
+    tracker.event(
+        state.step,
+        "evaluation",
+        score=evaluation.score,
+        **{k: evaluation.metrics[k] for k in ("free/aligned_rate", "val/mel_postnet")},
+        steps_per_second=rate,
+        eta_seconds=remaining / rate if rate > 0 else None,
+    )
+    if on_eval is not None:
+        on_eval(state.step, evaluation)
+    if update.stop_reason:
+        tracker.event(
+            state.step,
+            "early_stop",
+            reason=update.stop_reason,
+            detail=update.detail,
+            best_score=s.stopper.best_score,
+            best_step=s.stopper.best_step,
+        )
+    state.eval_seconds += time.monotonic() - eval_started
+    return update.stop_reason
+
+
+def _report_bad_step(s: Session, reason: str, loss: float, grad_norm: float) -> None:
+    s.tracker.event(
+        s.state.step,
+        "step_skipped",
+        reason=reason,
+        loss=loss,
+        grad_norm=grad_norm,
+        consecutive=s.guard.consecutive_bad,
+        total=s.guard.bad_steps,
+    )
+    if s.guard.bad_steps <= LOGGED_BAD_STEPS or s.guard.bad_steps % 100 == 0:
+        log.warning(
+            "step %d skipped (%s); %d bad steps so far", s.state.step, reason, s.guard.bad_steps
+        )
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
 
 
 def resume(
@@ -290,38 +288,24 @@ def resume(
     return train(config, prepared_dir, run_dir, on_eval=on_eval, checkpoint=checkpoint)
 
 
-def _restore(
-    checkpoint: dict[str, Any],
-    model: Tacotron2,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    state: TrainState,
-    fingerprint: str,
-) -> None:
-    if checkpoint["dataset_fingerprint"] != fingerprint:
-        raise CheckpointError(
-            "the prepared dataset changed since this run started (fingerprint "
-            f"{checkpoint['dataset_fingerprint']} -> {fingerprint}); an exact resume needs the "
-            "same data: start a new run with --warm-start instead"
-        )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    state.load(checkpoint["state"])
-    restore_rng_state(checkpoint["rng"])
-
-
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
 
 
-def _agree(flag: bool, world_size: int) -> bool:
-    """Rank 0's decision, shared with every rank."""
-    if world_size == 1:
-        return flag
-    tensor = torch.tensor([float(flag)])
-    dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+def _agree(stop_reason: str, env: Environment) -> str:
+    """Rank 0's stop decision, shared with every rank."""
+    if env.world_size == 1:
+        return stop_reason
+    code = torch.tensor([STOP_REASONS.index(stop_reason)], device=env.device)
+    dist.broadcast(code, src=0)
+    return STOP_REASONS[int(code.item())]
+
+
+def _mean_over_ranks(value: float, env: Environment) -> float:
+    """The same number on every rank, so that every rank's guard reaches the same verdict."""
+    if env.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / env.world_size

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import json
-import math
+import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from tacotune.audio import griffin_lim, save_wav
 from tacotune.config.schema import Config, TrainConfig
 from tacotune.plotting import alignment_figure, gate_figure, mel_figure
-from tacotune.text.symbols import SYMBOLS
 from tacotune.tracking import RunTracker
 from tacotune.train.checkpoint import (
-    code_version,
-    config_payload,
     prune_step_checkpoints,
-    rng_state,
     save_checkpoint,
 )
 from tacotune.train.evaluate import Evaluation
 
-if TYPE_CHECKING:
-    from tacotune.train.data import TrainingData
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,9 +28,6 @@ class TrainState:
     """Counters the loop keeps; saved in every checkpoint."""
 
     step: int = 0
-    best_score: float = math.inf
-    best_step: int = -1
-    skipped_steps: int = 0
     elapsed: float = 0.0  # wall seconds so far, evaluations included (resume keeps the budget)
     eval_seconds: float = 0.0  # of which spent evaluating
     sums: dict[str, float] = field(default_factory=dict)  # training scalars since last eval
@@ -67,34 +59,6 @@ class TrainState:
             setattr(self, name, value)
 
 
-def checkpoint_payload(
-    config: Config,
-    data: TrainingData,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    state: TrainState,
-    fingerprint: str,
-) -> dict[str, Any]:
-    """Everything a checkpoint holds (see train/checkpoint.py)."""
-    return {
-        "config": config_payload(config),
-        "text_frontend": data.frontend.state(),
-        "n_symbols": len(SYMBOLS),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": state.saved(),
-        "epoch": data.position.epoch,
-        "batch_in_epoch": data.position.batch_in_epoch,
-        "rng": rng_state(),
-        "dataset_fingerprint": fingerprint,
-        "code_version": code_version(),
-    }
-
-
 def write_checkpoints(
     run_dir: Path,
     payload: dict[str, Any],
@@ -110,6 +74,25 @@ def write_checkpoints(
     if step_copy and config.keep_checkpoints > 0:
         save_checkpoint(directory / f"step_{payload['state']['step']:07d}.pt", payload)
         prune_step_checkpoints(directory, config.keep_checkpoints)
+
+
+def mark_good(directory: Path, name: str) -> None:
+    """Make `name` the newest last.pt: a hard link (free), or a copy where links fail."""
+    tmp = directory / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(directory / "last.pt", tmp)
+    except OSError as error:  # e.g. a filesystem without hard links
+        if not _copy_warned:
+            log.warning(
+                "cannot hard-link checkpoints (%s); copying the rollback target instead", error
+            )
+            _copy_warned.append(True)
+        shutil.copyfile(directory / "last.pt", tmp)
+    os.replace(tmp, directory / name)
+
+
+_copy_warned: list[bool] = []  # the copy fallback is announced once per process
 
 
 def write_samples(

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,11 +116,12 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: TrainConfig, scale: Callable[[], float]
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule as a LambdaLR (its state is the step count)."""
+    """The schedule as a LambdaLR (its state is the step count), times `scale()` (the
+    divergence guard lowers it at every rollback)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, config)
+        optimizer, lambda step: learning_rate_factor(step, config) * scale()
     )
 
 

@@ -1,0 +1,510 @@
+"""Alerts: selected run events become plain-text messages for Telegram, a webhook and the log.
+
+`AlertDispatcher.on_event` (a `RunTracker` listener) only formats an event and queues the
+`Alert`; one daemon thread delivers it to every notifier with a few retries, so a slow or dead
+server can neither block nor crash training. Summaries (`evaluation` events) are rate-limited.
+Secrets come only from the environment or a KEY=VALUE file; every error message built here goes
+through a redaction function, so the Telegram token reaches no log line, exception or file.
+Telegram gets `parse_mode=HTML` with escaped text, so no character can break a message.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import logging
+import math
+import mimetypes
+import numbers
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tacotune.config.schema import AlertsConfig
+from tacotune.errors import TacotuneError
+
+log = logging.getLogger(__name__)
+
+_TOKEN_VAR = "TACOTUNE_TELEGRAM_TOKEN"
+_CHAT_VAR = "TACOTUNE_TELEGRAM_CHAT_ID"
+_API_VAR = "TACOTUNE_TELEGRAM_API"
+_WEBHOOK_VAR = "TACOTUNE_WEBHOOK_URL"
+_SECRET_KEYS = (_TOKEN_VAR, _CHAT_VAR, _API_VAR, _WEBHOOK_VAR)
+_DEFAULT_API = "https://api.telegram.org"
+_REDACTED = "<redacted>"
+_QUEUE_SIZE = 100  # queued alerts; beyond it the oldest summary or the new alert is dropped
+_BACKOFF_SECONDS = 0.5  # first wait between attempts, doubled each time
+_MAX_WAIT_SECONDS = 5.0  # cap on the backoff and on a server's retry_after
+_MAX_TEXT = 3500  # characters per message (Telegram allows 4096 after escaping)
+_MAX_FACT = 300  # characters of one detail value
+_WARNING_EVENTS = frozenset({"rollback", "diverged", "early_stop"})
+_SAMPLE_EVENTS = frozenset({"finished", "aligned"})
+_SAMPLE_FILES = ("probe_0_alignment.png", "probe_0.wav")
+
+
+class AlertsError(TacotuneError):
+    """Alert settings or secrets are unusable (missing secrets file, malformed line, bad URL)."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One message: the event it came from, plain text, files to send along."""
+
+    event: str
+    text: str
+    attachments: tuple[Path, ...] = ()
+
+
+class NotifierError(Exception):
+    """A notifier could not deliver; the message is already redacted."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds the server asked us to wait
+
+
+class Notifier(Protocol):
+    """Somewhere alerts go; `send` raises NotifierError."""
+
+    name: str
+
+    def send(self, alert: Alert) -> None: ...
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every (non-empty) secret replaced by <redacted>, longest first."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _post(
+    url: str, body: bytes, content_type: str, timeout: float, redact: Callable[[str], str]
+) -> tuple[int, bytes]:
+    """POST `body`: the HTTP status and answer. Transport failures raise NotifierError."""
+    headers = {"Content-Type": content_type, "User-Agent": "tacotune-alerts"}
+    try:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, err.read()
+        except (OSError, http.client.HTTPException):
+            return err.code, b""
+        finally:
+            err.close()
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    # raised outside the except block, so no chained exception carries the URL
+    raise NotifierError(redact(f"request to {url} failed: {problem}"))
+
+
+def _multipart(fields: Mapping[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
+    """A multipart/form-data body with `fields` and one file, and its Content-Type."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise NotifierError(f"cannot read attachment {path}: {err.strerror}") from None
+    boundary = f"tacotune-{uuid.uuid4().hex}"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    filename = "".join(c for c in path.name if c not in '"\r\n')
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+        f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
+    )
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return "".join(parts).encode() + data + tail, f"multipart/form-data; boundary={boundary}"
+
+
+class TelegramNotifier:
+    """Telegram Bot API: sendMessage (HTML-escaped text), sendAudio/sendDocument for files."""
+
+    name: str = "telegram"
+
+    def __init__(
+        self, token: str, chat_id: str, api_base: str = _DEFAULT_API, timeout: float = 10.0
+    ) -> None:
+        self._token, self._chat_id, self._timeout = token, chat_id, timeout
+        self._api_base = api_base.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"TelegramNotifier(chat_id={self._chat_id!r}, api_base={self._api_base!r})"
+
+    def redact(self, text: str) -> str:
+        """`text` without the token, raw or URL-encoded (URLs keep `/bot<redacted>/`)."""
+        return _redact(text, (self._token, urllib.parse.quote(self._token, safe="")))
+
+    def send(self, alert: Alert) -> None:
+        """The text, then each attachment; raises NotifierError (redacted) on any failure."""
+        text = html.escape(alert.text[:_MAX_TEXT], quote=False)
+        fields = {"chat_id": self._chat_id, "text": text, "parse_mode": "HTML"}
+        form = urllib.parse.urlencode(fields).encode()
+        self._call("sendMessage", form, "application/x-www-form-urlencoded")
+        for path in alert.attachments:
+            is_audio = path.suffix.lower() == ".wav"
+            method, field = ("sendAudio", "audio") if is_audio else ("sendDocument", "document")
+            self._call(method, *_multipart({"chat_id": self._chat_id}, field, path))
+
+    def _call(self, method: str, body: bytes, content_type: str) -> None:
+        url = f"{self._api_base}/bot{self._token}/{method}"
+        status, raw = _post(url, body, content_type, self._timeout, self.redact)
+        try:
+            answer = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            answer = None
+        answer = answer if isinstance(answer, dict) else {"description": "no JSON object"}
+        if status == 200 and answer.get("ok") is True:
+            return
+        parameters = answer.get("parameters")
+        retry_after = _real(parameters.get("retry_after")) if isinstance(parameters, dict) else None
+        message = f"{method} to {url} answered HTTP {status}: {answer.get('description')}"
+        raise NotifierError(self.redact(message), retry_after=retry_after)
+
+
+class WebhookNotifier:
+    """A generic JSON webhook: POST {"event", "text", "attachments": [file names]}."""
+
+    name: str = "webhook"
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self._url, self._timeout = url, timeout  # the URL may embed a secret: never shown
+
+    def __repr__(self) -> str:
+        return f"WebhookNotifier(url={_REDACTED!r})"
+
+    def send(self, alert: Alert) -> None:
+        """POST the alert as JSON; a failure or non-2xx answer raises NotifierError."""
+        names = [path.name for path in alert.attachments]
+        payload = {"event": alert.event, "text": alert.text, "attachments": names}
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        redact = lambda text: _redact(text, [self._url])  # noqa: E731
+        status, _ = _post(self._url, body, "application/json", self._timeout, redact)
+        if not 200 <= status < 300:
+            raise NotifierError(f"webhook answered HTTP {status}")
+
+
+class LogNotifier:
+    """The log: WARNING for rollback/diverged/early_stop, INFO otherwise."""
+
+    name: str = "log"
+
+    def send(self, alert: Alert) -> None:
+        """Log the alert text and the attached file names."""
+        level = logging.WARNING if alert.event in _WARNING_EVENTS else logging.INFO
+        files = "".join(f"\nattached: {path}" for path in alert.attachments)
+        log.log(level, "%s%s", alert.text, files)
+
+
+class AlertDispatcher:
+    """Formats events on the caller's thread, delivers them on one daemon thread."""
+
+    def __init__(
+        self,
+        notifiers: Sequence[Notifier],
+        config: AlertsConfig,
+        run_dir: Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._notifiers = tuple(notifiers)
+        self._config, self._run_dir, self._clock = config, run_dir, clock
+        self._last_summary: float | None = None
+        self._pending: deque[Alert] = deque()
+        self._cond = threading.Condition()  # guards _pending, _closing and the counters
+        self._abandon = threading.Event()  # close() ran out of time: stop at once
+        self._closing = False
+        self._failed = 0  # (alert, notifier) deliveries that failed after all attempts
+        self._dropped = 0  # alerts never handed to the notifiers (queue full, shutdown)
+        self._warned: set[str] = set()  # notifiers whose first failure was logged
+        self._thread = threading.Thread(target=self._run, name="tacotune-alerts", daemon=True)
+        self._thread.start()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A RunTracker listener: format and enqueue; never blocks (delivery failures are
+        the worker's business; format_alert copes with any details an event carries)."""
+        if event.get("event") == "evaluation" and not self._summary_due():
+            return
+        alert = format_alert(event, self._run_dir, self._config.send_samples)
+        if alert is not None:
+            self._enqueue(alert)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued within `timeout` seconds, then stop the thread."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(max(timeout, 0.0))
+        if self._thread.is_alive():
+            self._abandon.set()
+        with self._cond:
+            self._dropped += len(self._pending)
+            self._pending.clear()
+            failed, dropped = self._failed, self._dropped
+        if failed or dropped:
+            log.warning("alerts: %d deliveries failed, %d messages dropped", failed, dropped)
+
+    def _summary_due(self) -> bool:
+        every = self._config.summary_every_minutes * 60.0
+        now = self._clock()
+        if every <= 0 or (self._last_summary is not None and now - self._last_summary < every):
+            return False
+        self._last_summary = now
+        return True
+
+    def _enqueue(self, alert: Alert) -> None:
+        with self._cond:
+            if self._closing:
+                log.debug("alerts: %s came after close(); not sent", alert.event)
+                return
+            if len(self._pending) >= _QUEUE_SIZE:
+                self._dropped += 1
+                summary = next((a for a in self._pending if a.event == "evaluation"), None)
+                if summary is None:
+                    return
+                self._pending.remove(summary)
+            self._pending.append(alert)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if self._abandon.is_set() or not self._pending:
+                    return
+                alert = self._pending.popleft()
+            for notifier in self._notifiers:
+                if not self._abandon.is_set():
+                    self._deliver(notifier, alert)
+
+    def _deliver(self, notifier: Notifier, alert: Alert) -> None:
+        attempts = max(1, self._config.retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                notifier.send(alert)
+                return
+            except NotifierError as err:
+                error = err
+            wait = error.retry_after or _BACKOFF_SECONDS * 2 ** (attempt - 1)
+            if attempt == attempts or self._abandon.wait(min(wait, _MAX_WAIT_SECONDS)):
+                break
+        with self._cond:
+            self._failed += 1
+            first = notifier.name not in self._warned
+            self._warned.add(notifier.name)
+        if first:
+            later = "later failures are only counted"
+            log.warning(
+                "alerts: %s failed on %s: %s (%s)", notifier.name, alert.event, error, later
+            )
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def _real(value: Any) -> float | None:
+    """A finite float for real numbers (bools excluded), else None."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return float(value) if real and math.isfinite(value) else None
+
+
+def _num(value: Any) -> str:
+    """Integers as such, other numbers with 4 significant digits, anything else as text."""
+    number = _real(value)
+    if number is None:
+        return str(value)[:_MAX_FACT]
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:.4g}"
+
+
+def _count(value: Any) -> str:
+    number = _real(value)
+    if number is None or abs(number) < 1e3:
+        return _num(value)
+    return f"{number / 1e6:.1f} M" if abs(number) >= 1e6 else f"{number / 1e3:.1f} k"
+
+
+def _percent(value: Any) -> str:
+    number = _real(value)
+    return _num(value) if number is None else f"{number * 100:.0f}%"
+
+
+def _duration(value: Any) -> str:
+    seconds = _real(value)
+    if seconds is None or seconds < 0:
+        return _num(value)
+    hours, minutes = divmod(round(seconds / 60), 60)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+_HEADLINES = {  # alerted events and the start of their first line
+    "started": "started",
+    "resumed": "resumed",
+    "evaluation": "summary",
+    "best": "new best score",
+    "aligned": "attention aligned",
+    "rollback": "rollback",
+    "early_stop": "early stop",
+    "diverged": "training diverged",
+    "finished": "finished",
+    "interrupted": "interrupted",
+}
+_FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format; in this order
+    "reason": ("reason", _num),
+    "detail": ("detail", _num),
+    "device": ("device", _num),
+    "world_size": ("processes", _num),
+    "precision": ("precision", _num),
+    "parameters": ("parameters", _count),
+    "dataset": ("dataset", _num),
+    "score": ("score", _num),
+    "free/aligned_rate": ("free-running samples aligned", _percent),
+    "aligned_rate": ("free-running samples aligned", _percent),
+    "val/mel_postnet": ("validation mel loss (postnet)", _num),
+    "steps_per_second": ("steps per second", _num),
+    "eta_seconds": ("time left (estimate)", _duration),
+    "bad_steps": ("bad steps", _num),
+    "rollbacks": ("rollbacks", _num),
+    "resume_with": ("resume with", _num),
+}
+
+
+def _at(step: Any) -> str:
+    return "" if step is None else f" at step {_num(step)}"
+
+
+def _rollback(d: Mapping[str, Any]) -> str:
+    """E.g. "rollback #2 at step 1200 → step 1000, learning rate ×0.50; reason: ..."."""
+    text = "rollback" + ("" if d.get("attempt") is None else f" #{_num(d['attempt'])}")
+    text += _at(d.get("from_step", d.get("step")))
+    text += "" if d.get("to_step") is None else f" → step {_num(d['to_step'])}"
+    scale = _real(d.get("lr_scale"))
+    text += "" if scale is None else f", learning rate ×{scale:.2f}"
+    return text + ("" if d.get("reason") is None else f"; reason: {_num(d['reason'])}")
+
+
+def _best(d: Mapping[str, Any]) -> list[str]:
+    if "best_score" not in d:
+        return []
+    score = _real(d["best_score"])
+    if score is None:
+        return ["best score: none (no evaluation yet)"]
+    return [f"best score: {_num(score)}{_at(d.get('best_step'))}"]
+
+
+def _newest_samples(run_dir: Path) -> tuple[Path, ...]:
+    """probe_0's alignment PNG and wav from the newest samples/step_* holding either."""
+
+    def step_of(path: Path) -> int:
+        digits = path.name.removeprefix("step_")
+        return int(digits) if digits.isdigit() else -1
+
+    try:
+        for directory in sorted((run_dir / "samples").glob("step_*"), key=step_of, reverse=True):
+            files = tuple(directory / f for f in _SAMPLE_FILES if (directory / f).is_file())
+            if files:
+                return files
+    except OSError as err:
+        log.debug("alerts: cannot list samples in %s: %s", run_dir, err)
+    return ()
+
+
+def format_alert(event: dict[str, Any], run_dir: Path, send_samples: bool) -> Alert | None:
+    """The alert for a run event, or None for events that are not alerted."""
+    name = event.get("event")
+    if not isinstance(name, str) or name not in _HEADLINES:
+        return None
+    if name == "rollback":  # everything in one line
+        headline, facts = _rollback(event), []
+    else:
+        headline = _HEADLINES[name] + _at(event.get("step"))
+        facts = [
+            f"{label}: {fmt(event[key])}"
+            for key, (label, fmt) in _FACTS.items()
+            if event.get(key) is not None
+        ]
+    text = "\n".join([f"tacotune run {run_dir.name or run_dir}: {headline}", *facts, *_best(event)])
+    attachments = _newest_samples(run_dir) if send_samples and name in _SAMPLE_EVENTS else ()
+    return Alert(event=name, text=text, attachments=attachments)
+
+
+# --- secrets and assembly -----------------------------------------------------------------
+
+
+def _read_secrets_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines, `#` comments, `export ` and quotes allowed."""
+    fix = f"write {_TOKEN_VAR}=... and {_CHAT_VAR}=... lines there, or set alerts.secrets_file ''"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        shared = os.name == "posix" and bool(path.stat().st_mode & 0o077)
+    except FileNotFoundError:
+        raise AlertsError(f"alerts.secrets_file {path} does not exist: {fix}") from None
+    except UnicodeDecodeError:
+        raise AlertsError(f"alerts.secrets_file {path} is not UTF-8 text: {fix}") from None
+    except OSError as err:
+        raise AlertsError(f"alerts.secrets_file {path} cannot be read ({err.strerror})") from None
+    if shared:
+        log.warning("alerts: secrets file %s is readable by other users; chmod 600 it", path)
+    values: dict[str, str] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = (part.strip() for part in line.removeprefix("export ").partition("="))
+        if not sep or not key:
+            raise AlertsError(
+                f"alerts.secrets_file {path}, line {number}: expected KEY=VALUE "
+                "(the line is not shown: it may hold a secret)"
+            )
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key not in _SECRET_KEYS:
+            log.warning("alerts: secrets file %s: unknown key %s is ignored", path, key)
+        values[key] = value
+    return values
+
+
+def load_secrets(config: AlertsConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The non-empty TACOTUNE_* alert settings: the environment first, then the secrets file."""
+    found: dict[str, str] = {}
+    if config.secrets_file:
+        found = _read_secrets_file(Path(config.secrets_file).expanduser())
+    found.update({key: environ[key] for key in _SECRET_KEYS if environ.get(key)})
+    return {key: found[key] for key in _SECRET_KEYS if found.get(key)}
+
+
+def build_dispatcher(
+    config: AlertsConfig, run_dir: Path, environ: Mapping[str, str] | None = None
+) -> AlertDispatcher:
+    """A dispatcher to the log, plus Telegram and the webhook where they are configured."""
+    secrets = load_secrets(config, os.environ if environ is None else environ)
+    notifiers: list[Notifier] = [LogNotifier()]
+    token, chat_id = secrets.get(_TOKEN_VAR), secrets.get(_CHAT_VAR)
+    if token and chat_id:
+        api = secrets.get(_API_VAR, _DEFAULT_API)
+        notifiers.append(TelegramNotifier(token, chat_id, api, config.timeout_seconds))
+    elif token or chat_id:
+        present, missing = (_TOKEN_VAR, _CHAT_VAR) if token else (_CHAT_VAR, _TOKEN_VAR)
+        log.warning("alerts: Telegram is off: %s is set but %s is missing", present, missing)
+    url = secrets.get(_WEBHOOK_VAR, config.webhook_url)
+    if url:
+        notifiers.append(WebhookNotifier(url, config.timeout_seconds))
+    log.info("alerts go to: %s", ", ".join(n.name for n in notifiers))
+    return AlertDispatcher(notifiers, config, run_dir)
