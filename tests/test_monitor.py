@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from tacotune import dashboards as dashboards_module
 from tacotune import monitor as monitor_module
 from tacotune.config import load_config, save_config
+from tacotune.dashboards import Dashboard, DashboardError, start_dashboards, stop_dashboards
 from tacotune.errors import TacotuneError
 from tacotune.monitor import (
-    Dashboard,
     MonitorError,
     RunSnapshot,
     View,
@@ -26,8 +27,6 @@ from tacotune.monitor import (
     render_run,
     run_active,
     snapshot,
-    start_dashboards,
-    stop_dashboards,
 )
 from tacotune.tracking import EVENTS_FILE, METRICS_FILE
 
@@ -293,7 +292,7 @@ def test_ctrl_c_stops_the_live_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_dashboards_need_a_tensorboard_directory(tmp_path: Path) -> None:
-    with pytest.raises(MonitorError, match="tensorboard"):
+    with pytest.raises(DashboardError, match="tensorboard"):
         start_dashboards(make_run(tmp_path))
 
 
@@ -329,9 +328,9 @@ def test_tensorboard_that_dies_is_reported(tmp_path: Path, monkeypatch: pytest.M
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setattr(monitor_module, "_free_port", lambda: port)
+        monkeypatch.setattr(dashboards_module, "_free_port", lambda: port)
         with pytest.raises(
-            MonitorError, match=f"(?s)exited with code \\d+.*could not bind to port {port}"
+            DashboardError, match=f"(?s)exited with code \\d+.*could not bind to port {port}"
         ):
             start_dashboards(run, timeout=30)
 

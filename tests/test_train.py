@@ -45,6 +45,7 @@ def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
         "last.pt",
         "best.pt",
         "good.pt",  # the rollback target: the newest checkpoint without a bad step before it
+        "model.pt",  # best.pt without optimizer state, for synthesis and the registry
         "step_0000006.pt",
     }
     sample = run / "samples" / "step_0000006"
@@ -189,3 +190,14 @@ def test_training_into_an_existing_run_is_refused(prepared: Path, tmp_path: Path
     train(tiny_train("train.max_steps=3"), prepared, tmp_path / "run")
     with pytest.raises(ConfigError, match="already holds a training run"):
         train(tiny_train(), prepared, tmp_path / "run")
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 50, "list"])
+def test_files_that_are_not_checkpoints_are_refused(tmp_path: Path, content: bytes | str) -> None:
+    path = tmp_path / "not_a_checkpoint.pt"
+    if content == "list":
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"cannot be read|not a tacotune checkpoint"):
+        load_checkpoint(path)

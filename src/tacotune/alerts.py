@@ -48,7 +48,7 @@ _MAX_WAIT_SECONDS = 5.0  # cap on the backoff and on a server's retry_after
 _MAX_TEXT = 3500  # characters per message (Telegram allows 4096 after escaping)
 _MAX_FACT = 300  # characters of one detail value
 _WARNING_EVENTS = frozenset({"rollback", "diverged", "early_stop"})
-_SAMPLE_EVENTS = frozenset({"finished", "aligned"})
+_SAMPLE_EVENTS = frozenset({"finished", "aligned", "auto_finished"})
 _SAMPLE_FILES = ("probe_0_alignment.png", "probe_0.wav")
 
 
@@ -365,6 +365,7 @@ _HEADLINES = {  # alerted events and the start of their first line
     "diverged": "training diverged",
     "finished": "finished",
     "interrupted": "interrupted",
+    "auto_finished": "voice ready (tacotune auto)",
 }
 _FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format; in this order
     "reason": ("reason", _num),
@@ -383,6 +384,7 @@ _FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format
     "bad_steps": ("bad steps", _num),
     "rollbacks": ("rollbacks", _num),
     "resume_with": ("resume with", _num),
+    "report": ("report", _num),
 }
 
 
@@ -410,14 +412,16 @@ def _best(d: Mapping[str, Any]) -> list[str]:
 
 
 def _newest_samples(run_dir: Path) -> tuple[Path, ...]:
-    """probe_0's alignment PNG and wav from the newest samples/step_* holding either."""
+    """probe_0's alignment PNG and wav from the newest samples/step_* holding either, or
+    from samples/ itself (where `tacotune auto` puts its final samples)."""
 
     def step_of(path: Path) -> int:
         digits = path.name.removeprefix("step_")
         return int(digits) if digits.isdigit() else -1
 
     try:
-        for directory in sorted((run_dir / "samples").glob("step_*"), key=step_of, reverse=True):
+        steps = sorted((run_dir / "samples").glob("step_*"), key=step_of, reverse=True)
+        for directory in [*steps, run_dir / "samples"]:
             files = tuple(directory / f for f in _SAMPLE_FILES if (directory / f).is_file())
             if files:
                 return files

@@ -92,6 +92,42 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
     syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
 
+    tune = _command(commands, "tune", _cmd_tune, "search hyperparameters (Optuna, with pruning)")
+    tune.add_argument("prepared_dir", help="directory written by `tacotune prepare`")
+    tune.add_argument("-o", "--output", required=True, help="study directory (resumable)")
+    tune.add_argument("--trials", type=int, help="finished trials to reach (tuning.trials)")
+    tune.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    tune.add_argument(
+        "--storage",
+        help="SQLAlchemy URL shared by workers on several machines "
+        "(default: a journal file in the study directory)",
+    )
+    tune.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    _config_arguments(tune)
+
+    auto = _command(
+        commands,
+        "auto",
+        _cmd_auto,
+        "data to a registered voice: prepare, tune, train, register, report",
+    )
+    auto.add_argument("data_dir", help="LJSpeech, RUSLAN or path|text-list dataset directory")
+    auto.add_argument("-o", "--output", required=True, help="output directory (resumable)")
+    auto.add_argument("--budget", type=float, default=60.0, help="total minutes")
+    auto.add_argument("--name", help="registry name of the voice (default: the data dir name)")
+    auto.add_argument("--workers", type=int, default=1, help="tuning worker processes")
+    _config_arguments(auto)
+
+    reg = _command(commands, "registry", _cmd_registry, "list, show, promote or export voices")
+    reg.add_argument("action", choices=["list", "show", "promote", "export", "add"])
+    reg.add_argument("ref", nargs="?", help="name[:version|:stage] (add: a checkpoint or run)")
+    reg.add_argument(
+        "--root", help="registry directory (default: $TACOTUNE_REGISTRY or ./registry)"
+    )
+    reg.add_argument("--stage", help="promote: candidate, production or archived")
+    reg.add_argument("--name", help="add: the voice's name")
+    reg.add_argument("-o", "--output", default="exported", help="export: target directory")
+
     mon = _command(commands, "monitor", _cmd_monitor, "watch a run from its files")
     mon.add_argument("run_dir", help="a run directory (tacotune train -o DIR)")
     mon.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -324,3 +360,67 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return monitor(
         Path(args.run_dir), once=args.once, dashboards=args.dashboards, interval=args.interval
     )
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tacotune.tuning import run_study
+
+    result = run_study(
+        _load(args),
+        args.prepared_dir,
+        args.output,
+        trials=args.trials,
+        workers=args.workers,
+        storage=args.storage,
+        timeout=args.timeout,
+    )
+    print((Path(args.output) / "summary.md").read_text(encoding="utf-8"))
+    if result.best_trial is None:
+        log.warning("no trial completed yet: %s", result.counts)
+    else:
+        log.info("best trial %d: score %.4f", result.best_trial, result.best_value)
+    return 0
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from tacotune.auto import run_auto
+
+    stages = run_auto(
+        _load(args), args.data_dir, args.output, args.budget, name=args.name, workers=args.workers
+    )
+    log.info(
+        "voice registered as %s; report: %s", stages["register"]["ref"], stages["report"]["report"]
+    )
+    return 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from tacotune.progress import CONSOLE
+    from tacotune.registry import Registry, versions_table
+
+    registry = Registry(args.root)
+    if args.action == "list":
+        CONSOLE.print(versions_table(registry.versions(args.ref)))
+        return 0
+    if not args.ref:
+        raise ConfigError(f"registry {args.action} needs a reference: NAME[:VERSION]")
+    if args.action == "add":
+        source = Path(args.ref)
+        checkpoint = source / "checkpoints" / "model.pt" if source.is_dir() else source
+        version = registry.register(args.name or source.name, checkpoint, source=str(source))
+    elif args.action == "promote":
+        if not args.stage:
+            raise ConfigError("registry promote needs --stage candidate|production|archived")
+        version = registry.promote(args.ref, args.stage)
+    elif args.action == "export":
+        path = registry.export(args.ref, args.output)
+        log.info("exported to %s", path)
+        return 0
+    else:
+        version = registry.get(args.ref)
+    print(
+        json.dumps(
+            {**version.meta(), "directory": str(version.directory)}, indent=2, ensure_ascii=False
+        )
+    )
+    return 0

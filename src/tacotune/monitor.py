@@ -8,20 +8,12 @@ Other kinds of directories (e.g. studies) plug in as another `View`.
 
 from __future__ import annotations
 
-import http.client
 import math
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -30,6 +22,7 @@ from rich.text import Text
 
 from tacotune import progress
 from tacotune.config import load_config
+from tacotune.dashboards import Dashboard, start_dashboards, stop_dashboards
 from tacotune.errors import ConfigError, TacotuneError
 from tacotune.tracking import EVENTS_FILE, METRICS_FILE, read_jsonl
 
@@ -39,6 +32,7 @@ ENDS = {
     "diverged": "diverged",
     "early_stop": "stopped early",
     "interrupted": "interrupted",
+    "stopped": "stopped",  # by a callback, e.g. a pruned tuning trial
 }
 ACTIVE = {"running", "starting"}  # statuses under which the live view keeps refreshing
 KEY_METRICS = (
@@ -51,7 +45,6 @@ HIGHER_IS_BETTER = {"free/diagonality", "free/aligned_rate", "free/quality"}
 STATUS_STYLE = {"running": "green", "starting": "cyan", "finished": "blue", "diverged": "red"}
 EVENT_STYLE = {"best": "green", "aligned": "green", "diverged": "red", "rollback": "yellow"}
 EVENTS_SHOWN = 8
-DASHBOARD_WAIT_S = 20.0
 
 S = TypeVar("S")
 
@@ -348,98 +341,12 @@ render = render_run
 
 
 def view_for(directory: Path) -> View[Any]:
-    """The view that fits `directory` (training runs; studies can be recognised here later)."""
+    """The view that fits `directory`: a study (it has study.json) or a training run."""
+    if (directory / "study.json").exists():
+        from tacotune.tuning.view import render_study, snapshot_study, study_active
+
+        return View(snapshot_study, render_study, study_active)
     return RUN_VIEW
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    """A started dashboard process and where it serves."""
-
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log: IO[bytes] | None = None  # the process's stderr (an anonymous temporary file)
-
-
-def start_dashboards(run_dir: Path, timeout: float = DASHBOARD_WAIT_S) -> list[Dashboard]:
-    """Start TensorBoard on the run's tensorboard/ directory, on 127.0.0.1 only."""
-    logdir = Path(run_dir) / "tensorboard"
-    if not logdir.is_dir():
-        raise MonitorError(
-            f"{logdir} does not exist: the run writes no TensorBoard files "
-            "(tracking.tensorboard=false?) or has not started yet"
-        )
-    return [_start_tensorboard(logdir, timeout)]
-
-
-def stop_dashboards(dashboards: list[Dashboard]) -> None:
-    """Terminate every dashboard, wait for it, and kill the ones that do not end."""
-    for dashboard in dashboards:
-        dashboard.process.terminate()  # a no-op once the process has ended
-        try:
-            dashboard.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            dashboard.process.kill()
-            dashboard.process.wait(timeout=5)
-        if dashboard.log is not None:
-            dashboard.log.close()
-
-
-def _start_tensorboard(logdir: Path, timeout: float) -> Dashboard:
-    port = _free_port()
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the process; closed by stop
-    try:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
-        )
-    except OSError as error:
-        log.close()
-        raise MonitorError(f"cannot start TensorBoard ({' '.join(command)}): {error}") from error
-    dashboard = Dashboard("TensorBoard", f"http://127.0.0.1:{port}/", process, log)
-    try:
-        _wait_until_serving(dashboard, timeout)
-    except BaseException:  # MonitorError or Ctrl-C: leave no process behind, then re-raise
-        stop_dashboards([dashboard])
-        raise
-    return dashboard
-
-
-def _wait_until_serving(dashboard: Dashboard, timeout: float) -> None:
-    """Poll the dashboard's URL until it answers 200; MonitorError if it dies or stays silent."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    deadline = time.monotonic() + timeout
-    while dashboard.process.poll() is None and time.monotonic() < deadline:
-        try:
-            with opener.open(dashboard.url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, http.client.HTTPException, OSError):
-            pass  # not listening yet
-        time.sleep(0.2)
-    code = dashboard.process.poll()
-    why = f"did not answer within {timeout:.0f} s" if code is None else f"exited with code {code}"
-    raise MonitorError(
-        f"{dashboard.name} {why} at {dashboard.url}; its last output:\n{_tail(dashboard.log)}"
-    )
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _tail(log: IO[bytes] | None, size: int = 2000) -> str:
-    """The end of a log file the child still writes to (pread: the shared offset stays put)."""
-    if log is None:
-        return ""
-    length = os.fstat(log.fileno()).st_size
-    data = os.pread(log.fileno(), size, max(length - size, 0))
-    return data.decode("utf-8", errors="replace").strip() or "(nothing)"
 
 
 def monitor(

@@ -81,26 +81,7 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
     """Build a Config from a nested mapping of overrides (missing keys keep defaults)."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    built: dict[str, Any] = {}
-    for section_name, values in tree.items():
-        if section_name not in sections:
-            raise ConfigError(_unknown("section", section_name, sections))
-        if not isinstance(values, Mapping):
-            raise ConfigError(
-                f"config section {section_name!r} must be a mapping, found {values!r}"
-            )
-        section_type = _section_type(section_name)
-        hints = typing.get_type_hints(section_type)
-        field_names = {f.name for f in dataclasses.fields(section_type)}
-        kwargs = {}
-        for key, raw in values.items():
-            if key not in field_names:
-                valid = [f"{section_name}.{n}" for n in field_names]
-                raise ConfigError(_unknown("key", f"{section_name}.{key}", valid))
-            kwargs[key] = coerce(raw, hints[key], f"{section_name}.{key}")
-        built[section_name] = section_type(**kwargs)
-    return Config(**built)
+    return typing.cast(Config, _coerce_dataclass(tree, Config, ""))
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -147,6 +128,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
     if origin is tuple:
         return _coerce_tuple(value, get_args(annotation), key)
+    if dataclasses.is_dataclass(annotation):
+        return _coerce_dataclass(value, annotation, key)
     if annotation is type(None):
         if value is not None:
             raise ConfigError(f"{key} must be null, found {value!r}")
@@ -170,6 +153,34 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, found {value!r}")
         return value
     raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")
+
+
+def _coerce_dataclass(value: Any, cls: Any, key: str) -> Any:
+    """A mapping -> an instance of the dataclass `cls`, every field checked."""
+    if isinstance(value, cls):
+        return value
+    where = key or "the config"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, found {value!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, raw in value.items():
+        path = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            kind = "section" if not key else "key"
+            raise ConfigError(_unknown(kind, path, [f"{key}.{n}" if key else n for n in fields]))
+        kwargs[name] = coerce(raw, hints[name], path)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where} needs {', '.join(missing)}")
+    return cls(**kwargs)
 
 
 def _coerce_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple[Any, ...]:

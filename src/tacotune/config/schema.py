@@ -161,8 +161,82 @@ class SupervisionConfig:
 
 
 @dataclass(frozen=True)
+class SearchDimension:
+    """One tuned setting: a range (low..high, optionally log-scaled) or a list of choices."""
+
+    key: str  # the config key it sets, e.g. train.learning_rate (one of TUNABLE)
+    low: float | None = None  # lower bound of a range (integer settings get integer ranges)
+    high: float | None = None  # upper bound of the range
+    log: bool = False  # sample the range on a log scale
+    choices: tuple[int | float | bool | str, ...] = ()  # a list of values instead of a range
+    when: str = ""  # sample only when this boolean setting is true in the trial (e.g. model.ddc)
+
+
+def _range(key: str, low: float, high: float, log: bool = False, when: str = "") -> SearchDimension:
+    return SearchDimension(key, low, high, log, (), when)
+
+
+def _choice(key: str, *choices: int | float | bool | str) -> SearchDimension:
+    return SearchDimension(key, choices=choices)
+
+
+# Settings a study may tune: each is proven to change the model, the loss or the optimizer
+# by tests/test_tuning.py. Anything else is rejected by Config.validate().
+TUNABLE = frozenset(
+    {
+        "train.learning_rate",
+        "train.batch_size",
+        "train.warmup_steps",
+        "train.grad_clip",
+        "train.weight_decay",
+        "train.lr_half_life",
+        "loss.guided_attn_weight",
+        "loss.guided_attn_sigma",
+        "loss.guided_attn_half_life",
+        "loss.gate_pos_weight",
+        "loss.ddc_weight",
+        "model.reduction_factor",
+        "model.prenet_dropout",
+        "model.attention_dropout",
+        "model.decoder_dropout",
+        "model.ddc",
+    }
+)
+
+DEFAULT_SPACE = (
+    _range("train.learning_rate", 3e-4, 3e-3, log=True),
+    _choice("train.batch_size", 16, 32),
+    _range("train.warmup_steps", 200, 2000, log=True),
+    _range("train.grad_clip", 0.3, 5.0, log=True),
+    _range("loss.guided_attn_weight", 2.0, 30.0, log=True),
+    _range("loss.guided_attn_sigma", 0.1, 0.4),
+    _range("loss.guided_attn_half_life", 500, 20000, log=True),
+    _range("loss.gate_pos_weight", 1.0, 20.0, log=True),
+    _choice("model.reduction_factor", 2, 3, 4),
+    _range("model.prenet_dropout", 0.3, 0.6),
+    _range("model.attention_dropout", 0.0, 0.2),
+    _choice("model.ddc", False, True),
+    _range("loss.ddc_weight", 0.1, 2.0, log=True, when="model.ddc"),
+)
+
+
+@dataclass(frozen=True)
 class TuningConfig:
-    """Hyperparameter search (filled by tuning)."""
+    """The hyperparameter search run by `tacotune tune` and `tacotune auto`."""
+
+    trials: int = 20  # the study aims for this many finished (complete/pruned/failed) trials
+    trial_max_steps: int = 5000  # step budget of one trial
+    trial_max_minutes: float = 0.0  # wall-clock budget of one trial; 0: none
+    sampler: Literal["tpe", "cmaes", "random"] = "tpe"  # tpe is multivariate TPE
+    pruner: Literal["median", "patient", "hyperband", "none"] = "median"  # stops weak trials
+    prune_after_step: int = 2000  # never prune before this step: attention needs time to align
+    startup_trials: int = 3  # finished trials before the sampler models and the pruner compares
+    patience: int = 2  # evaluations a "patient" pruner waits after the median says prune
+    seed: int = 0  # sampler seed
+    heartbeat_seconds: float = 30.0  # a running trial's worker checks in this often
+    grace_seconds: float = 120.0  # ... and is presumed dead after this long without a check-in
+    retries: int = 1  # times a trial whose worker died is queued again
+    space: tuple[SearchDimension, ...] = DEFAULT_SPACE  # what is searched (see TUNABLE)
 
 
 @dataclass(frozen=True)
@@ -171,6 +245,9 @@ class TrackingConfig:
 
     tensorboard: bool = True  # scalars, alignment/mel figures and audio under tensorboard/
     log_every: int = 10  # steps between training scalars in TensorBoard
+    mlflow: bool = False  # also log to MLflow (tune and auto always do)
+    mlflow_uri: str = ""  # tracking URI; empty: sqlite:///<output directory>/mlflow.db
+    mlflow_experiment: str = "tacotune"  # MLflow experiment name
 
 
 @dataclass(frozen=True)
@@ -277,7 +354,31 @@ def _cross_field_problems(cfg: Config) -> list[str]:
         "supervision.grad_norm_factor and loss_spike_factor must be > 1",
     )
     need(sv.guard_warmup <= sv.guard_window, "supervision.guard_warmup must be <= guard_window")
+    problems += _space_problems(cfg.tuning)
     need(len(t.probe_sentences) >= 1, "train.probe_sentences needs at least one sentence")
+    return problems
+
+
+def _space_problems(tuning: TuningConfig) -> list[str]:
+    problems = []
+    keys = [d.key for d in tuning.space]
+    for dim in tuning.space:
+        where = f"tuning.space {dim.key}"
+        if dim.key not in TUNABLE:
+            problems.append(f"{where}: not tunable; tunable settings are {sorted(TUNABLE)}")
+        ranged = dim.low is not None and dim.high is not None
+        if ranged == bool(dim.choices):
+            problems.append(f"{where}: give either low and high, or choices")
+        elif ranged and not dim.low < dim.high:  # type: ignore[operator]
+            problems.append(f"{where}: low must be below high")
+        elif ranged and dim.log and dim.low <= 0:  # type: ignore[operator]
+            problems.append(f"{where}: a log-scaled range needs low > 0")
+        if dim.when and dim.when not in keys:
+            problems.append(f"{where}: 'when' names {dim.when}, which is not in the space")
+    if len(set(keys)) != len(keys):
+        problems.append("tuning.space lists a setting twice")
+    if tuning.trials < 1 or tuning.trial_max_steps < 1:
+        problems.append("tuning.trials and tuning.trial_max_steps must be >= 1")
     return problems
 
 

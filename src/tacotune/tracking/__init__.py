@@ -4,6 +4,9 @@ The run-directory contract (users and later stages rely on it):
     metrics.jsonl  one JSON object per evaluation: step, wall_time, every named metric
     events.jsonl   one JSON object per event: time, step, event, details
     tensorboard/   scalars every few steps, figures and audio at evaluations
+
+Optionally an MLflow run mirrors it (`attach_mlflow`, see tracking/mlflow.py): params once,
+every evaluation, the outcome as a tag, and at the end the run's files as artifacts.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,12 +25,18 @@ from matplotlib.figure import Figure
 from tacotune.audio import fit_full_scale
 from tacotune.plotting import save_figure
 
+if TYPE_CHECKING:
+    from tacotune.tracking.mlflow import MlflowRun
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
 
 EventListener = Callable[[dict[str, Any]], None]
+FINAL_EVENTS = ("finished", "diverged", "interrupted", "stopped")  # the last event of a run
+OUTCOME_TAG = "tacotune.outcome"  # finished | early_stop | diverged | interrupted | stopped
+STOP_REASON_TAG = "tacotune.stop_reason"  # the final event's reason, where it has one
 
 
 class RunTracker:
@@ -38,6 +47,8 @@ class RunTracker:
         self.active = active
         self.listeners: list[EventListener] = []
         self._tb: Any = None
+        self._mlflow: MlflowRun | None = None
+        self._early_stopped = False
         if active and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,6 +57,16 @@ class RunTracker:
     def add_listener(self, listener: EventListener) -> None:
         """Call `listener(event)` for every event (alerts, tuning, tests)."""
         self.listeners.append(listener)
+
+    def attach_mlflow(self, run: MlflowRun, params: Mapping[str, Any]) -> None:
+        """Mirror this run into an MLflow run: `params` now (once), every evaluation, the
+        outcome tag; `close()` uploads the run's files and ends it. A no-op on other ranks."""
+        if not self.active:
+            return
+        if self._mlflow is not None:
+            raise RuntimeError(f"this run already mirrors into MLflow run {self._mlflow.run_id}")
+        run.log_params(params)
+        self._mlflow = run
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         """Frequent scalars: TensorBoard only."""
@@ -63,12 +84,16 @@ class RunTracker:
             for name, value in metrics.items():
                 if math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(step, metrics)
 
     def event(self, step: int, name: str, **details: Any) -> None:
         """One line of events.jsonl; listeners are told too."""
         record = {"time": time.time(), "step": step, "event": name, **details}
         if self.active:
             _append(self.run_dir / EVENTS_FILE, record)
+        if self._mlflow is not None:
+            self._mirror_outcome(self._mlflow, name, details)
         for listener in self.listeners:
             listener(record)
 
@@ -86,11 +111,54 @@ class RunTracker:
         if self._tb is not None:
             self._tb.add_audio(tag, fit_full_scale(samples)[None, :], step, sample_rate=sample_rate)
 
-    def close(self) -> None:
-        """Flush everything."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush everything; an MLflow run gets the run's files and ends with `status`
+        (FINISHED, FAILED or KILLED)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        run, self._mlflow = self._mlflow, None
+        if run is not None:
+            try:
+                self._upload_files(run)
+            finally:
+                run.end(status)
+
+    def _mirror_outcome(self, run: MlflowRun, name: str, details: dict[str, Any]) -> None:
+        """The final event becomes the tag tacotune.outcome (a finished run that stopped
+        early reads early_stop); its reason becomes tacotune.stop_reason."""
+        if name == "early_stop":
+            self._early_stopped = True
+        if name not in FINAL_EVENTS:
+            return
+        outcome = "early_stop" if name == "finished" and self._early_stopped else name
+        tags = {OUTCOME_TAG: outcome}
+        if details.get("reason"):
+            tags[STOP_REASON_TAG] = str(details["reason"])
+        run.set_tags(tags)
+
+    def _upload_files(self, run: MlflowRun) -> None:
+        """config.yaml, metrics, events, the newest samples and the inference checkpoint
+        (checkpoints/model.pt, as model/model.pt: weights without optimizer state)."""
+        for name in ("config.yaml", METRICS_FILE, EVENTS_FILE):
+            if (self.run_dir / name).is_file():
+                run.log_artifact(self.run_dir / name)
+        samples = newest_samples(self.run_dir)
+        if samples is not None:
+            run.log_artifact(samples, "samples")
+        model = self.run_dir / "checkpoints" / "model.pt"
+        if model.is_file():
+            run.log_artifact(model, "model")
+
+
+def newest_samples(run_dir: Path) -> Path | None:
+    """RUN/samples/step_N/ with the largest N, if any."""
+    steps = [
+        p
+        for p in (run_dir / "samples").glob("step_*")
+        if p.is_dir() and p.name.removeprefix("step_").isdigit()
+    ]
+    return max(steps, key=lambda p: int(p.name.removeprefix("step_")), default=None)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import subprocess
 from pathlib import Path
@@ -54,15 +55,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as error:  # truncated or not a torch file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from error
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # truncated,
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from error  # garbage
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a tacotune checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {payload.get('format_version')}, this tacotune "
             f"({__version__}) reads format {FORMAT_VERSION}"
         )
     return payload
+
+
+INFERENCE_KEYS = (
+    "config",
+    "text_frontend",
+    "n_symbols",
+    "model",
+    "state",
+    "dataset_fingerprint",
+    "code_version",
+)  # what synthesis and the registry need
+
+
+def write_inference_checkpoint(source: Path, destination: Path) -> None:
+    """A copy of `source` without optimizer, scheduler, RNG and data position: about a
+    third of the size, enough to synthesize, register and warm-start from."""
+    payload = load_checkpoint(source)
+    save_checkpoint(destination, {key: payload[key] for key in INFERENCE_KEYS})
 
 
 def checkpoint_config(payload: dict[str, Any]) -> Config:

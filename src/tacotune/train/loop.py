@@ -56,6 +56,10 @@ STOP_REASONS = ("", "max_steps", "max_minutes", "patience", "no_alignment")
 LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
 
 
+class StopTraining(Exception):
+    """Raise from an `on_eval` callback to end the run now (recorded as event "stopped")."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """How a run ended."""
@@ -81,6 +85,7 @@ def train(
     s = open_session(config, prepared_dir, Path(run_dir), warm_start, checkpoint)
     state, env, tracker = s.state, s.env, s.tracker
     started = time.monotonic() - state.elapsed
+    status = "FAILED"  # what the run's MLflow mirror ends with unless the run ends well
     batches = s.data.stream()
     stop_reason = ""
     bar = progress.make_progress(
@@ -164,10 +169,21 @@ def train(
                 )
                 stop_reason = _agree(stop_reason, env)
     except KeyboardInterrupt:
+        status = "KILLED"
         if env.is_main:
             state.elapsed = time.monotonic() - started
             s.save(is_best=False, step_copy=False)
             tracker.event(state.step, "interrupted", resume_with=f"--resume {s.run_dir}")
+        raise
+    except StopTraining as stop:  # a callback ended the run (e.g. the tuner pruned it)
+        status = "KILLED"
+        tracker.event(
+            state.step,
+            "stopped",
+            reason=str(stop),
+            best_score=s.stopper.best_score,
+            best_step=s.stopper.best_step,
+        )
         raise
     except TrainingDiverged as diverged:
         tracker.event(
@@ -180,6 +196,7 @@ def train(
         raise
     else:
         # 6. The end
+        status = "FINISHED"
         tracker.event(
             state.step,
             "finished",
@@ -190,7 +207,7 @@ def train(
             rollbacks=len(s.guard.rollbacks),
         )
     finally:
-        s.close()
+        s.close(status)
     return TrainResult(
         s.run_dir, state.step, stop_reason, s.stopper.best_score, s.stopper.best_step
     )

@@ -8,6 +8,7 @@ bookkeeping that every step of it shares out of its way.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tacotune.train.checkpoint import (
     restore_rng_state,
     rng_state,
     warm_start_state,
+    write_inference_checkpoint,
 )
 from tacotune.train.data import Position, TrainingData, build_training_data
 from tacotune.train.records import TrainState, mark_good, write_checkpoints
@@ -76,11 +78,17 @@ class Session:
         """RUN/checkpoints."""
         return self.run_dir / "checkpoints"
 
-    def close(self) -> None:
-        """Flush TensorBoard and deliver the queued alerts (within the alert timeout)."""
-        self.tracker.close()
-        if self.alerts is not None:
-            self.alerts.close(timeout=self.config.alerts.timeout_seconds)
+    def close(self, status: str) -> None:
+        """Write the inference checkpoint model.pt (from best.pt), flush TensorBoard, end the
+        MLflow run with `status` (FINISHED / KILLED / FAILED), deliver queued alerts."""
+        best = self.checkpoints / "best.pt"
+        if self.env.is_main and best.exists():
+            write_inference_checkpoint(best, self.checkpoints / "model.pt")
+        try:
+            self.tracker.close(status)
+        finally:
+            if self.alerts is not None:
+                self.alerts.close(timeout=self.config.alerts.timeout_seconds)
 
     def payload(self) -> dict[str, Any]:
         """Everything a checkpoint holds (see train/checkpoint.py)."""
@@ -224,6 +232,9 @@ def open_session(
         save_config(config, run_dir / "config.yaml")
         session.alerts = build_dispatcher(config.alerts, run_dir)
         session.tracker.add_listener(session.alerts.on_event)
+        mlflow = _mlflow_run(config, run_dir)
+        if mlflow is not None:
+            session.tracker.attach_mlflow(mlflow, _flat_params(config))
         if not (session.checkpoints / GOOD_CHECKPOINT).exists():
             session.save(is_best=False, step_copy=False)
         session.tracker.event(
@@ -235,9 +246,26 @@ def open_session(
             parameters=sum(p.numel() for p in model.parameters()),
             dataset=prepared.fingerprint,
             warm_start_skipped=skipped,
+            mlflow_run_id=mlflow.run_id if mlflow is not None else None,
         )
     for line in skipped:
         log.warning("warm start skipped %s", line)
     if env.world_size > 1:
         torch.distributed.barrier()  # every rank may need good.pt from now on
     return session
+
+
+def _mlflow_run(config: Config, run_dir: Path) -> Any:
+    """The MLflow run to mirror into (see tracking/mlflow.py), or None; mlflow loads only
+    when it is used."""
+    if not (config.tracking.mlflow or "MLFLOW_RUN_ID" in os.environ):
+        return None
+    from tacotune.tracking.mlflow import mlflow_run_for
+
+    return mlflow_run_for(config, run_dir)
+
+
+def _flat_params(config: Config) -> dict[str, str]:
+    from tacotune.tracking.mlflow import flat_params
+
+    return flat_params(config)

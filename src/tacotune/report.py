@@ -1,0 +1,123 @@
+"""The `tacotune auto` report: what the data, the search and the final training gave.
+
+Plots: the optimization history (every trial's score and the best so far), the
+importance of each tuned setting (when enough trials completed), the final run's
+curves; then the probe samples with their alignment images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+from tacotune.plotting import save_figure
+from tacotune.tracking import read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def optimization_history(trials: list[dict[str, Any]], path: Path) -> bool:
+    """Score per trial and the best so far (summary.json rows); False if nothing completed."""
+    done = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
+    if not done:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    numbers, values = [t["number"] for t in done], [t["value"] for t in done]
+    ax.scatter(numbers, values, label="complete")
+    best, so_far = [], math.inf
+    for value in values:
+        so_far = min(so_far, value)
+        best.append(so_far)
+    ax.step(numbers, best, where="post", color="red", label="best so far")
+    stopped = [t["number"] for t in trials if t["state"] in ("pruned", "fail")]
+    for number in stopped:
+        ax.axvline(number, color="grey", alpha=0.3)
+    ax.set_xlabel("trial (grey: pruned or failed)")
+    ax.set_ylabel("score (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def importance_plot(importances: dict[str, float], path: Path) -> bool:
+    """Horizontal bars of setting importances; False when there are none."""
+    if not importances:
+        return False
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance (fANOVA)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def training_curves(run_dir: Path, path: Path) -> bool:
+    """Score, validation mel loss and aligned share against steps; False without metrics."""
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    if not records:
+        return False
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, key in zip(axes, ("score", "val/mel_postnet", "free/aligned_rate"), strict=True):
+        ax.plot(steps, [r.get(key) if r.get(key) is not None else math.nan for r in records])
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def render(out_dir: Path, facts: dict[str, Any]) -> str:
+    """The markdown report; `facts` is what auto.py gathered (see there)."""
+    data, study, final = facts["data"], facts["study"], facts["final"]
+    lines = [
+        f"# tacotune auto: {facts['name']}",
+        "",
+        f"Data: {data['kept']} utterances kept of {data['rows']} ({data['hours']:.2f} h), "
+        f"{data['excluded']} excluded — see `prepared/report.md`.",
+        "",
+        "## Search",
+        "",
+        f"Trials: {study['counts']}.",
+        "",
+    ]
+    if study["best_trial"] is not None:
+        lines += [f"Best trial {study['best_trial']}, score {study['best_value']:.4f}:", ""]
+        lines += [f"- `{k}` = {v}" for k, v in study["best_values"].items()] + [""]
+    else:
+        lines += ["No trial completed: the final model trained with the base settings.", ""]
+    for image, caption in (
+        ("optimization_history.png", "Optimization history"),
+        ("importances.png", "Setting importances"),
+    ):
+        if (out_dir / image).exists():
+            lines += [f"![{caption}]({image})", ""]
+    if study.get("importance_note"):
+        lines += [study["importance_note"], ""]
+    lines += [
+        "## Final model",
+        "",
+        f"Trained {final['step']} steps ({final['stop_reason']}); best score "
+        f"{final['best_score']:.4f} at step {final['best_step']}; registered as "
+        f"`{facts['registered']}` (stage candidate).",
+        "",
+    ]
+    if (out_dir / "training_curves.png").exists():
+        lines += ["![Training curves](training_curves.png)", ""]
+    lines += ["## Samples", "", "| text | audio | alignment | complete |", "|---|---|---|---|"]
+    for sample in facts["samples"]:
+        lines.append(
+            f"| {sample['text']} | [{sample['wav']}]({sample['wav']}) | "
+            f"![]({sample['png']}) | {'yes' if sample['complete'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""Where a study lives and how it samples and prunes.
+
+Storage: a journal file in the study directory by default (safe for several worker
+processes on one machine, no server); any SQLAlchemy URL otherwise: SQLite for one
+worker, PostgreSQL/MySQL for workers on several machines. Optuna's own heartbeat
+works only inside `study.optimize`, so tacotune's workers keep their own (see
+worker.py) and it works the same on every storage.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from tacotune.config.schema import TuningConfig
+from tacotune.errors import ConfigError
+
+JOURNAL_FILE = "journal.log"
+
+
+def storage_url(url: str | None, study_dir: Path) -> str:
+    """The storage a study uses: `url`, or the journal file inside the study directory."""
+    return url or str((study_dir / JOURNAL_FILE).resolve())
+
+
+def open_storage(url: str) -> BaseStorage:
+    """A journal file (a path) or an RDB storage (an SQLAlchemy URL)."""
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite:"):
+        # concurrent SQLite writers wait instead of failing with "database is locked"
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(config: TuningConfig) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, grouped for conditional dimensions), CMA-ES or random."""
+    if config.sampler == "tpe":
+        with warnings.catch_warnings():  # `group` has been "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                multivariate=True,
+                group=True,
+                seed=config.seed,
+                n_startup_trials=config.startup_trials,
+            )
+    if config.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=config.seed, n_startup_trials=config.startup_trials
+        )
+    return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+def make_pruner(config: TuningConfig) -> optuna.pruners.BasePruner:
+    """Median, patient-median or Hyperband; none of them prunes before prune_after_step."""
+    median = optuna.pruners.MedianPruner(
+        n_startup_trials=config.startup_trials, n_warmup_steps=config.prune_after_step
+    )
+    if config.pruner == "median":
+        return median
+    if config.pruner == "patient":
+        return optuna.pruners.PatientPruner(median, patience=config.patience)
+    if config.pruner == "hyperband":
+        if config.trial_max_steps <= config.prune_after_step:
+            raise ConfigError(
+                "tuning.pruner=hyperband needs tuning.trial_max_steps above "
+                "tuning.prune_after_step (its smallest budget)"
+            )
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.prune_after_step, max_resource=config.trial_max_steps
+        )
+    return optuna.pruners.NopPruner()
+
+
+def load_or_create_study(name: str, url: str, config: TuningConfig) -> optuna.Study:
+    """The study `name` in the storage, created on first use (minimizing the score)."""
+    return optuna.create_study(
+        study_name=name,
+        storage=open_storage(url),
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        direction="minimize",
+        load_if_exists=True,
+    )
