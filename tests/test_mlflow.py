@@ -242,3 +242,25 @@ def test_tracking_does_not_import_mlflow() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "auto"])
+def test_mlflow_uri_option_turns_tracking_on(command: str) -> None:
+    from tacotune.cli import _load, build_parser
+
+    args = build_parser().parse_args(
+        [command, "data", "-o", "out", "--mlflow-uri", "http://127.0.0.1:5000"]
+    )
+    tracking = _load(args).tracking
+    assert tracking.mlflow and tracking.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_resume_refuses_a_new_mlflow_uri(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+
+    code = main(["train", "data", "--resume", str(tmp_path), "--mlflow-uri", "http://x"])
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "its MLflow settings included" in errors[0]

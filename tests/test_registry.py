@@ -307,3 +307,28 @@ def test_versions_table_renders(registry: Registry, runs: tuple[Run, Run]) -> No
     assert "[bold]runs/x[/bold]" in text  # a source is shown verbatim, not as markup
     for column in ("name", "version", "stage", "score", "created", "source"):
         assert column in text
+
+
+def test_the_registry_command(
+    runs: tuple[Run, Run], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+
+    root = ["--root", str(tmp_path / "registry")]
+    assert main(["registry", "add", str(runs[0].directory), "--name", "voice", *root]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert (added["name"], added["version"], added["stage"]) == ("voice", 1, "candidate")
+    assert main(["registry", "promote", "voice:1", "--stage", "production", *root]) == 0
+    capsys.readouterr()
+    assert main(["registry", "show", "voice:production", *root]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["stage"]) == (1, "production")
+    assert main(["registry", "list", *root]) == 0
+    assert "production" in capsys.readouterr().out
+    out = tmp_path / "exports"
+    assert main(["registry", "export", "voice:1", "-o", str(out), *root]) == 0
+    assert (out / "voice-v1" / "model.pt").exists()
+    # user errors: one line and exit code 1, never a traceback
+    assert main(["registry", "promote", "voice:1", *root]) == 1
+    assert main(["registry", "show", "voice:7", *root]) == 1
+    assert main(["registry", "show", *root]) == 1

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="initialize from another model; layers whose shape differs are skipped",
     )
     _config_arguments(tr)
+    _mlflow_argument(tr)
 
     syn = _command(commands, "synthesize", _cmd_synthesize, "speak text with a checkpoint")
     syn.add_argument("checkpoint", help="a .pt file or a run directory (uses its best.pt)")
@@ -92,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
     syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
 
+    _add_search_commands(commands)
+
+    mon = _command(commands, "monitor", _cmd_monitor, "watch a run or a study from its files")
+    mon.add_argument(
+        "run_dir", help="a run (tacotune train -o DIR) or study (tacotune tune -o DIR) directory"
+    )
+    mon.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    mon.add_argument(
+        "--dashboards",
+        action="store_true",
+        help="also serve TensorBoard on 127.0.0.1 (stopped when monitor exits)",
+    )
+    mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+
+    show = _command(commands, "config", _cmd_config, "print the resolved configuration")
+    _config_arguments(show)
+    return parser
+
+
+def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """tune, auto and registry."""
     tune = _command(commands, "tune", _cmd_tune, "search hyperparameters (Optuna, with pruning)")
     tune.add_argument("prepared_dir", help="directory written by `tacotune prepare`")
     tune.add_argument("-o", "--output", required=True, help="study directory (resumable)")
@@ -104,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     _config_arguments(tune)
+    _mlflow_argument(tune)
 
     auto = _command(
         commands,
@@ -117,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--name", help="registry name of the voice (default: the data dir name)")
     auto.add_argument("--workers", type=int, default=1, help="tuning worker processes")
     _config_arguments(auto)
+    _mlflow_argument(auto)
 
-    reg = _command(commands, "registry", _cmd_registry, "list, show, promote or export voices")
+    reg = _command(commands, "registry", _cmd_registry, "list, show, promote, export or add voices")
     reg.add_argument("action", choices=["list", "show", "promote", "export", "add"])
     reg.add_argument("ref", nargs="?", help="name[:version|:stage] (add: a checkpoint or run)")
     reg.add_argument(
@@ -127,20 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--stage", help="promote: candidate, production or archived")
     reg.add_argument("--name", help="add: the voice's name")
     reg.add_argument("-o", "--output", default="exported", help="export: target directory")
-
-    mon = _command(commands, "monitor", _cmd_monitor, "watch a run from its files")
-    mon.add_argument("run_dir", help="a run directory (tacotune train -o DIR)")
-    mon.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    mon.add_argument(
-        "--dashboards",
-        action="store_true",
-        help="also serve TensorBoard on 127.0.0.1 (stopped when monitor exits)",
-    )
-    mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-
-    show = _command(commands, "config", _cmd_config, "print the resolved configuration")
-    _config_arguments(show)
-    return parser
 
 
 def _command(
@@ -177,8 +187,19 @@ def _config_arguments(parser: argparse.ArgumentParser, default: str | None = Non
     )
 
 
+def _mlflow_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="log to this MLflow tracking server (sets tracking.mlflow_uri, tracking.mlflow=true)",
+    )
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.set, args.hparams)
+    overrides = list(args.set)
+    if getattr(args, "mlflow_uri", None):
+        overrides += [f"tracking.mlflow_uri={args.mlflow_uri}", "tracking.mlflow=true"]
+    return load_config(args.config, overrides, args.hparams)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -272,10 +293,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tacotune.train import resume, train
 
     if args.resume:
-        if args.config or args.hparams or args.warm_start:
+        if args.config or args.hparams or args.warm_start or args.mlflow_uri:
             raise ConfigError(
-                "--resume uses the run's own config: only --set of "
-                "train.max_steps-like keys may be given"
+                "--resume uses the run's own config (its MLflow settings included): only "
+                "--set of train.max_steps-like keys may be given"
             )
         result = resume(args.resume, args.prepared_dir, args.set)
     else:
@@ -395,12 +416,13 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from tacotune.progress import CONSOLE
+    from rich.console import Console
+
     from tacotune.registry import Registry, versions_table
 
     registry = Registry(args.root)
-    if args.action == "list":
-        CONSOLE.print(versions_table(registry.versions(args.ref)))
+    if args.action == "list":  # the listing is the command's output: stdout
+        Console().print(versions_table(registry.versions(args.ref)))
         return 0
     if not args.ref:
         raise ConfigError(f"registry {args.action} needs a reference: NAME[:VERSION]")

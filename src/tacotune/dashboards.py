@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,9 +73,7 @@ def dashboard_commands(directory: Path) -> list[tuple[str, list[str]]]:
             (
                 "optuna-dashboard",
                 [
-                    python,
-                    "-m",
-                    "optuna_dashboard",
+                    _console_script("optuna-dashboard"),  # the package has no __main__
                     storage,
                     *hint,
                     "--host",
@@ -123,6 +122,17 @@ def dashboard_commands(directory: Path) -> list[tuple[str, list[str]]]:
             )
         )
     return commands
+
+
+def _console_script(name: str) -> str:
+    """The installed command `name`, preferably beside this interpreter (the same venv)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise DashboardError(
+            f"{name} is not installed; install it with: pip install 'tacotune[tune]'"
+        )
+    return found
 
 
 def _mlflow_uri(directory: Path, default_root: Path) -> str:

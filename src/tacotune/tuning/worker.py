@@ -131,27 +131,7 @@ def run_trial(
         environment["MLFLOW_RUN_ID"] = run_id
     report_read, report_write = os.pipe()
     verdict_read, verdict_write = os.pipe()
-    command = [
-        sys.executable,
-        "-m",
-        "tacotune.tuning.trial",
-        "--config",
-        str(settings.study_dir / "config.yaml"),
-        "--prepared",
-        str(settings.prepared_dir),
-        "--run-dir",
-        str(trial_dir / "run"),
-        "--values",
-        json.dumps(values),
-        "--threads",
-        str(settings.threads),
-        "--max-minutes",
-        str(minutes),
-        "--report-fd",
-        str(report_write),
-        "--verdict-fd",
-        str(verdict_read),
-    ]
+    command = _trial_command(settings, trial_dir, values, minutes, report_write, verdict_read)
     with (trial_dir / "trial.log").open("ab") as log_file:
         process = subprocess.Popen(
             command,
@@ -184,6 +164,38 @@ def run_trial(
             f"{trial_dir / 'trial.log'}:\n{_tail(trial_dir)}",
         )
     return outcome
+
+
+def _trial_command(
+    settings: WorkerSettings,
+    trial_dir: Path,
+    values: dict[str, Any],
+    minutes: float,
+    report_fd: int,
+    verdict_fd: int,
+) -> list[str]:
+    """`python -m tacotune.tuning.trial ...` for one trial (see trial.py)."""
+    return [
+        sys.executable,
+        "-m",
+        "tacotune.tuning.trial",
+        "--config",
+        str(settings.study_dir / "config.yaml"),
+        "--prepared",
+        str(settings.prepared_dir),
+        "--run-dir",
+        str(trial_dir / "run"),
+        "--values",
+        json.dumps(values),
+        "--threads",
+        str(settings.threads),
+        "--max-minutes",
+        str(minutes),
+        "--report-fd",
+        str(report_fd),
+        "--verdict-fd",
+        str(verdict_fd),
+    ]
 
 
 def _relay(trial: optuna.Trial, reports: IO[str], verdicts: IO[str]) -> Outcome:
