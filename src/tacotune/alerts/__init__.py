@@ -6,6 +6,7 @@ server can neither block nor crash training. Summaries (`evaluation` events) are
 Secrets come only from the environment or a KEY=VALUE file; every error message built here goes
 through a redaction function, so the Telegram token reaches no log line, exception or file.
 Telegram gets `parse_mode=HTML` with escaped text, so no character can break a message.
+What an event's message says is `messages.format_alert`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import html
 import http.client
 import json
 import logging
-import math
 import mimetypes
-import numbers
 import os
 import threading
 import time
@@ -26,10 +25,10 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tacotune.alerts.messages import Alert, format_alert, real_number
 from tacotune.config.schema import AlertsConfig
 from tacotune.errors import TacotuneError
 
@@ -46,23 +45,11 @@ _QUEUE_SIZE = 100  # queued alerts; beyond it the oldest summary or the new aler
 _BACKOFF_SECONDS = 0.5  # first wait between attempts, doubled each time
 _MAX_WAIT_SECONDS = 5.0  # cap on the backoff and on a server's retry_after
 _MAX_TEXT = 3500  # characters per message (Telegram allows 4096 after escaping)
-_MAX_FACT = 300  # characters of one detail value
 _WARNING_EVENTS = frozenset({"rollback", "diverged", "early_stop"})
-_SAMPLE_EVENTS = frozenset({"finished", "aligned", "auto_finished"})
-_SAMPLE_FILES = ("probe_0_alignment.png", "probe_0.wav")
 
 
 class AlertsError(TacotuneError):
     """Alert settings or secrets are unusable (missing secrets file, malformed line, bad URL)."""
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One message: the event it came from, plain text, files to send along."""
-
-    event: str
-    text: str
-    attachments: tuple[Path, ...] = ()
 
 
 class NotifierError(Exception):
@@ -171,7 +158,8 @@ class TelegramNotifier:
         if status == 200 and answer.get("ok") is True:
             return
         parameters = answer.get("parameters")
-        retry_after = _real(parameters.get("retry_after")) if isinstance(parameters, dict) else None
+        hint = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        retry_after = real_number(hint)
         message = f"{method} to {url} answered HTTP {status}: {answer.get('description')}"
         raise NotifierError(self.redact(message), retry_after=retry_after)
 
@@ -313,140 +301,6 @@ class AlertDispatcher:
             log.warning(
                 "alerts: %s failed on %s: %s (%s)", notifier.name, alert.event, error, later
             )
-
-
-# --- formatting ---------------------------------------------------------------------------
-
-
-def _real(value: Any) -> float | None:
-    """A finite float for real numbers (bools excluded), else None."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    return float(value) if real and math.isfinite(value) else None
-
-
-def _num(value: Any) -> str:
-    """Integers as such, other numbers with 4 significant digits, anything else as text."""
-    number = _real(value)
-    if number is None:
-        return str(value)[:_MAX_FACT]
-    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:.4g}"
-
-
-def _count(value: Any) -> str:
-    number = _real(value)
-    if number is None or abs(number) < 1e3:
-        return _num(value)
-    return f"{number / 1e6:.1f} M" if abs(number) >= 1e6 else f"{number / 1e3:.1f} k"
-
-
-def _percent(value: Any) -> str:
-    number = _real(value)
-    return _num(value) if number is None else f"{number * 100:.0f}%"
-
-
-def _duration(value: Any) -> str:
-    seconds = _real(value)
-    if seconds is None or seconds < 0:
-        return _num(value)
-    hours, minutes = divmod(round(seconds / 60), 60)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
-
-
-_HEADLINES = {  # alerted events and the start of their first line
-    "started": "started",
-    "resumed": "resumed",
-    "evaluation": "summary",
-    "best": "new best score",
-    "aligned": "attention aligned",
-    "rollback": "rollback",
-    "early_stop": "early stop",
-    "diverged": "training diverged",
-    "finished": "finished",
-    "interrupted": "interrupted",
-    "auto_finished": "voice ready (tacotune auto)",
-}
-_FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format; in this order
-    "reason": ("reason", _num),
-    "detail": ("detail", _num),
-    "device": ("device", _num),
-    "world_size": ("processes", _num),
-    "precision": ("precision", _num),
-    "parameters": ("parameters", _count),
-    "dataset": ("dataset", _num),
-    "score": ("score", _num),
-    "free/aligned_rate": ("free-running samples aligned", _percent),
-    "aligned_rate": ("free-running samples aligned", _percent),
-    "val/mel_postnet": ("validation mel loss (postnet)", _num),
-    "steps_per_second": ("steps per second", _num),
-    "eta_seconds": ("time left (estimate)", _duration),
-    "bad_steps": ("bad steps", _num),
-    "rollbacks": ("rollbacks", _num),
-    "resume_with": ("resume with", _num),
-    "report": ("report", _num),
-}
-
-
-def _at(step: Any) -> str:
-    return "" if step is None else f" at step {_num(step)}"
-
-
-def _rollback(d: Mapping[str, Any]) -> str:
-    """E.g. "rollback #2 at step 1200 → step 1000, learning rate ×0.50; reason: ..."."""
-    text = "rollback" + ("" if d.get("attempt") is None else f" #{_num(d['attempt'])}")
-    text += _at(d.get("from_step", d.get("step")))
-    text += "" if d.get("to_step") is None else f" → step {_num(d['to_step'])}"
-    scale = _real(d.get("lr_scale"))
-    text += "" if scale is None else f", learning rate ×{scale:.2f}"
-    return text + ("" if d.get("reason") is None else f"; reason: {_num(d['reason'])}")
-
-
-def _best(d: Mapping[str, Any]) -> list[str]:
-    if "best_score" not in d:
-        return []
-    score = _real(d["best_score"])
-    if score is None:
-        return ["best score: none (no evaluation yet)"]
-    return [f"best score: {_num(score)}{_at(d.get('best_step'))}"]
-
-
-def _newest_samples(run_dir: Path) -> tuple[Path, ...]:
-    """probe_0's alignment PNG and wav from the newest samples/step_* holding either, or
-    from samples/ itself (where `tacotune auto` puts its final samples)."""
-
-    def step_of(path: Path) -> int:
-        digits = path.name.removeprefix("step_")
-        return int(digits) if digits.isdigit() else -1
-
-    try:
-        steps = sorted((run_dir / "samples").glob("step_*"), key=step_of, reverse=True)
-        for directory in [*steps, run_dir / "samples"]:
-            files = tuple(directory / f for f in _SAMPLE_FILES if (directory / f).is_file())
-            if files:
-                return files
-    except OSError as err:
-        log.debug("alerts: cannot list samples in %s: %s", run_dir, err)
-    return ()
-
-
-def format_alert(event: dict[str, Any], run_dir: Path, send_samples: bool) -> Alert | None:
-    """The alert for a run event, or None for events that are not alerted."""
-    name = event.get("event")
-    if not isinstance(name, str) or name not in _HEADLINES:
-        return None
-    if name == "rollback":  # everything in one line
-        headline, facts = _rollback(event), []
-    else:
-        headline = _HEADLINES[name] + _at(event.get("step"))
-        facts = [
-            f"{label}: {fmt(event[key])}"
-            for key, (label, fmt) in _FACTS.items()
-            if event.get(key) is not None
-        ]
-    text = "\n".join([f"tacotune run {run_dir.name or run_dir}: {headline}", *facts, *_best(event)])
-    attachments = _newest_samples(run_dir) if send_samples and name in _SAMPLE_EVENTS else ()
-    return Alert(event=name, text=text, attachments=attachments)
 
 
 # --- secrets and assembly -----------------------------------------------------------------
