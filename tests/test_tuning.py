@@ -153,8 +153,7 @@ def test_invalid_spaces_are_rejected(space: str, message: str) -> None:
 # --- studies ---------------------------------------------------------------------------------
 
 STUDY = [
-    *TINY_TRAIN,
-    "train.eval_every=3",
+    *TINY_TRAIN,  # evaluates every 3 steps
     "tuning.trial_max_steps=9",
     "tuning.startup_trials=1",
     "tuning.prune_after_step=3",

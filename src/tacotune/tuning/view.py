@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -34,9 +36,7 @@ class StudySnapshot:
 
 def snapshot_study(study_dir: Path) -> StudySnapshot:
     """Read the study from its storage (works while workers are running)."""
-    meta = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
-    tuning = load_config(study_dir / "config.yaml").tuning
-    study = load_or_create_study(meta["name"], meta["storage"], tuning)
+    name, study = _open_study(Path(study_dir).resolve())
     trials = study.get_trials(deepcopy=False)
     counts = {name: sum(t.state.name == name for t in trials) for name in STATE_STYLE}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -57,12 +57,22 @@ def snapshot_study(study_dir: Path) -> StudySnapshot:
         )
     return StudySnapshot(
         study_dir,
-        meta["name"],
+        name,
         counts,
         (best.number, best.values[0]) if best else None,
         dict(best.params) if best else {},
         rows,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _open_study(study_dir: Path) -> tuple[str, optuna.Study]:
+    """The study's name and handle, opened once per directory: the live view refreshes every
+    few seconds, and a reopened journal storage would replay the whole log each time (an open
+    one reads only what was appended)."""
+    meta = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
+    tuning = load_config(study_dir / "config.yaml").tuning
+    return meta["name"], load_or_create_study(meta["name"], meta["storage"], tuning)
 
 
 def render_study(snap: StudySnapshot) -> RenderableType:
