@@ -21,11 +21,12 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tacotune.config.schema import Config
+from tacotune.tracking.mlflow import default_uri
 from tacotune.tuning.space import apply
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class AutoState:
     path: Path
     budget_seconds: float
     spent_seconds: float = 0.0
-    stages: dict[str, Any] | None = None
+    stages: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, out_dir: Path, budget_minutes: float) -> AutoState:
@@ -56,7 +57,7 @@ class AutoState:
                     saved["budget_seconds"] / 60,
                 )
             return cls(path, saved["budget_seconds"], saved["spent_seconds"], saved["stages"])
-        return cls(path, budget_minutes * 60, 0.0, {})
+        return cls(path, budget_minutes * 60)
 
     @property
     def left(self) -> float:
@@ -65,13 +66,11 @@ class AutoState:
 
     def done(self, stage: str) -> Any:
         """The facts a finished stage recorded, or None."""
-        assert self.stages is not None
         return self.stages.get(stage)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         """Time a stage (even when it is interrupted) and record its facts when it ends."""
-        assert self.stages is not None
         facts: dict[str, Any] = {}
         started = time.monotonic()
         log.info("auto: %s (%.1f min of budget left)", name, self.left / 60)
@@ -106,7 +105,7 @@ def run_auto(
     out.mkdir(parents=True, exist_ok=True)
     state = AutoState.load(out, budget_minutes)
     name = name or Path(data_dir).resolve().name
-    mlflow_uri = config.tracking.mlflow_uri or _default_mlflow_uri(out)
+    mlflow_uri = config.tracking.mlflow_uri or default_uri(out)
     config = apply(config, {"tracking.mlflow_uri": mlflow_uri})
     stages: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ("prepare", lambda f: _prepare(config, Path(data_dir), out, f)),
@@ -121,7 +120,7 @@ def run_auto(
         if state.done(stage) is None:
             with state.stage(stage) as facts:
                 run(facts)
-    return state.stages or {}
+    return state.stages
 
 
 def _prepare(config: Config, data_dir: Path, out: Path, facts: dict[str, Any]) -> None:
@@ -285,9 +284,3 @@ def _alert(config: Config, out: Path, name: str, state: AutoState, facts: dict[s
     )
     dispatcher.close(timeout=config.alerts.timeout_seconds)
     facts["sent"] = True
-
-
-def _default_mlflow_uri(out: Path) -> str:
-    from tacotune.tracking.mlflow import default_uri
-
-    return default_uri(out)

@@ -24,6 +24,7 @@ from typing import IO
 
 from tacotune.config import load_config
 from tacotune.errors import ConfigError, TacotuneError
+from tacotune.tracking.mlflow import default_uri
 
 WAIT_SECONDS = 20.0  # how long a dashboard may take to answer
 PORT = "{port}"  # replaced by a free port in a command
@@ -146,8 +147,7 @@ def _mlflow_uri(directory: Path, default_root: Path) -> str:
         return ""
     if tracking.mlflow_uri:
         return tracking.mlflow_uri
-    database = default_root / "mlflow.db"
-    return f"sqlite:///{database.resolve()}" if database.exists() else ""
+    return default_uri(default_root) if (default_root / "mlflow.db").exists() else ""
 
 
 def stop_dashboards(dashboards: list[Dashboard]) -> None:

@@ -19,13 +19,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # numpy/matplotlib/torch stay unimported for readers (monitor, report)
+    import numpy as np
+    from matplotlib.figure import Figure
 
-from tacotune.audio import fit_full_scale
-from tacotune.plotting import save_figure
-
-if TYPE_CHECKING:
     from tacotune.tracking.mlflow import MlflowRun
 
 log = logging.getLogger(__name__)
@@ -104,11 +101,15 @@ class RunTracker:
         if self._tb is not None:
             self._tb.add_figure(tag, fig, step, close=False)
         if path is not None:
+            from tacotune.plotting import save_figure
+
             save_figure(fig, path)
 
     def audio(self, tag: str, samples: np.ndarray, sample_rate: int, step: int) -> None:
         """A clip to TensorBoard."""
         if self._tb is not None:
+            from tacotune.audio import fit_full_scale
+
             self._tb.add_audio(tag, fit_full_scale(samples)[None, :], step, sample_rate=sample_rate)
 
     def close(self, status: str = "FINISHED") -> None:

@@ -44,6 +44,16 @@ def current_value(config: Config, key: str) -> Any:
     return getattr(getattr(config, section), name)
 
 
+def short_values(values: Mapping[str, Any]) -> str:
+    """`learning_rate=0.002, reduction_factor=3`: sampled values for logs and tables."""
+    return ", ".join(
+        f"{key.split('.')[-1]}={value:.3g}"
+        if isinstance(value, float)
+        else f"{key.split('.')[-1]}={value}"
+        for key, value in values.items()
+    )
+
+
 def check_sampler_fits(config: Config) -> None:
     """CMA-ES models continuous ranges only: refuse it for a space with choices."""
     if config.tuning.sampler == "cmaes":

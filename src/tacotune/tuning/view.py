@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tacotune.config.load import load_config
+from tacotune.tuning.space import short_values
 from tacotune.tuning.storage import load_or_create_study
 
 SHOWN_TRIALS = 15  # the newest trials in the table
@@ -83,7 +84,7 @@ def render_study(snap: StudySnapshot) -> RenderableType:
         "best: none yet"
         if snap.best is None
         else f"best: trial {snap.best[0]}, score {snap.best[1]:.4f}  "
-        + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in snap.best_values.items())
+        + short_values(snap.best_values)
     )
     table = Table(
         "trial", "state", "score", "step", "values", "note", title="trials", title_justify="left"
@@ -95,7 +96,7 @@ def render_study(snap: StudySnapshot) -> RenderableType:
             Text(row["state"].lower(), STATE_STYLE.get(row["state"], "")),
             "" if score is None or not math.isfinite(score) else f"{score:.4f}",
             "" if row["step"] is None else str(row["step"]),
-            ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row["values"].items()),
+            short_values(row["values"]),
             row["note"].splitlines()[0][:60] if row["note"] else "",
         )
     return Group(header, best, table)
@@ -104,7 +105,3 @@ def render_study(snap: StudySnapshot) -> RenderableType:
 def study_active(snap: StudySnapshot) -> bool:
     """The live view refreshes while trials run."""
     return snap.counts.get("RUNNING", 0) > 0
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -142,7 +142,7 @@ def run_trial(
         )
     os.close(report_write)
     os.close(verdict_read)
-    log.info("trial %d started: %s", trial.number, _short(values))
+    log.info("trial %d started: %s", trial.number, space.short_values(values))
     beating = _Heartbeat(trial, settings.config.tuning.heartbeat_seconds)
     try:
         with (
@@ -315,13 +315,6 @@ def _alive(pid: int) -> bool:
 def _tail(trial_dir: Path, lines: int = 15) -> str:
     text = (trial_dir / "trial.log").read_text(encoding="utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _short(values: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-        for k, v in values.items()
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
