@@ -32,17 +32,13 @@ def alignment_figure(alignment: Tensor, title: str = "") -> Figure:
     return fig
 
 
-def mel_figure(mel: Tensor, title: str = "", target: Tensor | None = None) -> Figure:
-    """(n_mels, T) log-mel (and an optional target below it)."""
-    rows = 2 if target is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.5 * rows), squeeze=False)
-    for ax, data, name in zip(axes[:, 0], (mel, target), ("predicted", "target"), strict=False):
-        assert data is not None
-        ax.imshow(
-            data.detach().float().cpu().numpy(), aspect="auto", origin="lower", interpolation="none"
-        )
-        ax.set_ylabel(f"{name} mel")
-    axes[0, 0].set_title(title, fontsize=9)
+def mel_figure(mel: Tensor, title: str = "") -> Figure:
+    """(n_mels, T) log-mel."""
+    fig, ax = plt.subplots(figsize=(8, 2.5))
+    data = mel.detach().float().cpu().numpy()
+    ax.imshow(data, aspect="auto", origin="lower", interpolation="none")
+    ax.set_ylabel("predicted mel")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -10,6 +10,7 @@ executes pickled code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -129,8 +130,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@functools.cache
 def code_version() -> str:
-    """tacotune's version, plus the git commit when running from a checkout."""
+    """tacotune's version, plus the git commit when running from a checkout (asked once per
+    process, not at every checkpoint)."""
     root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(

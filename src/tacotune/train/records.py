@@ -66,27 +66,27 @@ def write_checkpoints(
     config: TrainConfig,
     step_copy: bool = True,
 ) -> None:
-    """last.pt always; best.pt when the score improved; a step_N.pt copy, keeping the newest N."""
+    """last.pt always; best.pt when the score improved; a step_N.pt copy, keeping the newest N.
+    The payload is serialized once: best.pt and step_N.pt are links to the new last.pt."""
     directory = run_dir / "checkpoints"
     save_checkpoint(directory / "last.pt", payload)
     if is_best:
-        save_checkpoint(directory / "best.pt", payload)
+        link_last(directory, "best.pt")
     if step_copy and config.keep_checkpoints > 0:
-        save_checkpoint(directory / f"step_{payload['state']['step']:07d}.pt", payload)
+        link_last(directory, f"step_{payload['state']['step']:07d}.pt")
         prune_step_checkpoints(directory, config.keep_checkpoints)
 
 
-def mark_good(directory: Path, name: str) -> None:
-    """Make `name` the newest last.pt: a hard link (free), or a copy where links fail."""
+def link_last(directory: Path, name: str) -> None:
+    """Make `name` the newest last.pt: a hard link (free), or a copy where links fail.
+    last.pt is always replaced by a rename, never rewritten, so a link stays as it was."""
     tmp = directory / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
     try:
         os.link(directory / "last.pt", tmp)
     except OSError as error:  # e.g. a filesystem without hard links
         if not _copy_warned:
-            log.warning(
-                "cannot hard-link checkpoints (%s); copying the rollback target instead", error
-            )
+            log.warning("cannot hard-link checkpoints (%s); copying them instead", error)
             _copy_warned.append(True)
         shutil.copyfile(directory / "last.pt", tmp)
     os.replace(tmp, directory / name)

@@ -39,7 +39,7 @@ from tacotune.train.checkpoint import (
     write_inference_checkpoint,
 )
 from tacotune.train.data import Position, TrainingData, build_training_data
-from tacotune.train.records import TrainState, mark_good, write_checkpoints
+from tacotune.train.records import TrainState, link_last, write_checkpoints
 from tacotune.train.setup import (
     Environment,
     check_ctc_feasible,
@@ -114,7 +114,7 @@ class Session:
         """Write last.pt (+ best.pt, step copy); mark it good if no step was bad since the last."""
         write_checkpoints(self.run_dir, self.payload(), is_best, self.config.train, step_copy)
         if self.guard.checkpoint_is_good():
-            mark_good(self.checkpoints, GOOD_CHECKPOINT)
+            link_last(self.checkpoints, GOOD_CHECKPOINT)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue exactly from a checkpoint of this run."""
