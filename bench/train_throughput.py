@@ -20,7 +20,7 @@ from tacotune.data.manifest import load_prepared
 from tacotune.losses import tacotron2_loss
 from tacotune.model import Tacotron2
 from tacotune.text.symbols import SYMBOLS
-from tacotune.train.data import build_training_data
+from tacotune.train.inputs import build_training_data
 from tacotune.train.setup import make_optimizer, setup_environment
 
 

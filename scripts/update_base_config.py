@@ -1,4 +1,4 @@
-"""Regenerate configs/base.yaml from the schema defaults (tests/test_config.py checks it)."""
+"""Regenerate src/tacotune/configs/base.yaml from the schema defaults (tests/test_config.py checks it)."""
 
 from pathlib import Path
 
@@ -10,5 +10,5 @@ HEADER = (
 )
 
 if __name__ == "__main__":
-    path = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+    path = Path(__file__).resolve().parents[1] / "src" / "tacotune" / "configs" / "base.yaml"
     path.write_text(HEADER + dump_config(Config()), encoding="utf-8")

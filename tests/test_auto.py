@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tacotune import auto
+from tacotune.auto import pipeline as auto
 from tacotune.config import Config, load_config
 from tacotune.registry import Registry
 

@@ -9,12 +9,12 @@ import yaml
 
 from tacotune.config import Config, all_keys, config_to_dict, load_config, save_config
 from tacotune.config.legacy import LEGACY, Mapped, translate_hparams
-from tacotune.config.load import CONFIG_DIR
+from tacotune.config.load import PRESETS
 from tacotune.errors import ConfigError
 
 
 def test_base_yaml_is_exactly_the_defaults() -> None:
-    on_disk = yaml.safe_load((CONFIG_DIR / "base.yaml").read_text(encoding="utf-8"))
+    on_disk = yaml.safe_load((PRESETS / "base.yaml").read_text(encoding="utf-8"))
     assert on_disk == config_to_dict(Config()), "run scripts/update_base_config.py"
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tacotune import dashboards as dashboards_module
-from tacotune import monitor as monitor_module
+from tacotune.monitor import dashboards as dashboards_module
+from tacotune.monitor import live as monitor_module
 from tacotune.config import load_config, save_config
-from tacotune.dashboards import Dashboard, DashboardError, start_dashboards, stop_dashboards
+from tacotune.monitor.dashboards import Dashboard, DashboardError, start_dashboards, stop_dashboards
 from tacotune.errors import TacotuneError
 from tacotune.monitor import (
     MonitorError,

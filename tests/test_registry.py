@@ -19,7 +19,7 @@ from rich.console import Console
 from tacotune.config import load_config
 from tacotune.registry import STAGES, ModelVersion, Registry, RegistryError, versions_table
 from tacotune.train import train
-from tacotune.train.checkpoint import load_checkpoint, save_checkpoint
+from tacotune.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import tiny_train
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from tacotune.config import load_config, save_config
-from tacotune.dashboards import (
+from tacotune.monitor.dashboards import (
     DashboardError,
     dashboard_commands,
     start_dashboards,

@@ -15,7 +15,7 @@ from tacotune.losses import LossTerms
 from tacotune.supervision.early_stopping import EarlyStopping
 from tacotune.supervision.guard import DivergenceGuard, TrainingDiverged
 from tacotune.train import loop, train
-from tacotune.train.checkpoint import load_checkpoint
+from tacotune.checkpoint import load_checkpoint
 from tacotune.train.session import Session
 
 from conftest import TINY_TRAIN, tiny_train

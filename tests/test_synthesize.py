@@ -16,7 +16,7 @@ from tacotune.model import Tacotron2
 from tacotune.synthesize import MAX_CHUNK_CHARS, Synthesizer, split_text
 from tacotune.text.frontend import TextFrontend
 from tacotune.text.symbols import SYMBOLS
-from tacotune.train.checkpoint import config_payload, save_checkpoint
+from tacotune.checkpoint import config_payload, save_checkpoint
 
 from conftest import TINY
 

@@ -11,7 +11,7 @@ import torch
 from tacotune.config import load_config
 from tacotune.errors import CheckpointError, ConfigError
 from tacotune.train import resume, train
-from tacotune.train.checkpoint import load_checkpoint, save_checkpoint
+from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.train.evaluate import Evaluation
 
 from conftest import TINY_TRAIN, tiny_train

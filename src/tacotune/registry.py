@@ -38,7 +38,7 @@ from rich.text import Text
 
 from tacotune.config.load import save_config
 from tacotune.errors import CheckpointError, ConfigError, TacotuneError
-from tacotune.train.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from tacotune.model.tacotron2 import Tacotron2
 from tacotune.supervision.metrics import AlignmentMetrics, alignment_metrics
 from tacotune.text.frontend import TextFrontend, model_input_to_ids
 from tacotune.text.symbols import LETTERS, PAD_ID
-from tacotune.train.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.vocoder import GriffinLim, Vocoder
 
 log = logging.getLogger(__name__)

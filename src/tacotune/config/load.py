@@ -13,6 +13,8 @@ import difflib
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -21,7 +23,7 @@ import yaml
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+PRESETS: Traversable = files("tacotune") / "configs"  # the bundled presets, shipped in the wheel
 _YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
@@ -33,7 +35,7 @@ def load_config(
     """Resolve a configuration.
 
     Args:
-        path: a YAML file; a bare name such as ``demo.yaml`` is also looked up in ``configs/``.
+        path: a YAML file, or the name of a bundled preset (``demo.yaml`` or ``demo``).
         overrides: ``section.key=value`` strings; values are YAML (``1e-3``, ``true``, ``[1, 2]``).
         hparams: the predecessor's flat ``name=value,name=value`` string.
     """
@@ -67,16 +69,24 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
     return tree
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """The file itself if it exists, else the same name inside configs/."""
+def resolve_config_path(path: str | Path) -> Path | Traversable:
+    """The file itself if it exists, else the bundled preset of that name (`demo`, `demo.yaml`)."""
     candidate = Path(path)
     if candidate.exists():
         return candidate
-    bundled = CONFIG_DIR / candidate.name
-    if bundled.exists():
+    name = candidate.name if candidate.suffix else f"{candidate.name}.yaml"
+    bundled = PRESETS / name
+    if bundled.is_file():
         return bundled
-    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config file {str(path)!r} not found; bundled configs: {available}")
+    raise ConfigError(
+        f"config file {str(path)!r} not found, and it is no bundled preset; "
+        f"presets: {preset_names()}"
+    )
+
+
+def preset_names() -> list[str]:
+    """The bundled presets (`tacotune/configs/*.yaml`)."""
+    return sorted(p.name for p in PRESETS.iterdir() if p.name.endswith(".yaml"))
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
@@ -220,7 +230,7 @@ def _split_assignment(item: str, flag: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

@@ -1,8 +1,8 @@
 """The configuration schema: nested frozen dataclasses, one comment per field.
 
-Defaults are the paper-size Tacotron2 (`configs/base.yaml` is generated from
+Defaults are the paper-size Tacotron2 (`tacotune/configs/base.yaml` is generated from
 them and a test keeps the two identical). Experiments override a few fields in
-a small YAML file (`configs/demo.yaml`) or on the command line.
+a small YAML file (the preset `tacotune/configs/demo.yaml`) or on the command line.
 Cross-field rules live in `Config.validate()`.
 """
 

@@ -32,7 +32,7 @@ from tacotune.errors import ConfigError
 from tacotune.losses import tacotron2_loss
 from tacotune.model.tacotron2 import reduction_factor_at
 from tacotune.supervision.guard import TrainingDiverged
-from tacotune.train.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.train.evaluate import Evaluation, evaluate
 from tacotune.train.records import write_samples
 from tacotune.train.session import Session, open_session

@@ -14,7 +14,7 @@ from tacotune.audio import griffin_lim, save_wav
 from tacotune.config.schema import Config, TrainConfig
 from tacotune.plotting import alignment_figure, gate_figure, mel_figure
 from tacotune.tracking import RunTracker
-from tacotune.train.checkpoint import (
+from tacotune.checkpoint import (
     prune_step_checkpoints,
     save_checkpoint,
 )

@@ -29,7 +29,7 @@ from tacotune.supervision.early_stopping import EarlyStopping
 from tacotune.supervision.guard import DivergenceGuard
 from tacotune.text.symbols import SYMBOLS
 from tacotune.tracking import RunTracker
-from tacotune.train.checkpoint import (
+from tacotune.checkpoint import (
     code_version,
     config_payload,
     load_checkpoint,
@@ -38,7 +38,7 @@ from tacotune.train.checkpoint import (
     warm_start_state,
     write_inference_checkpoint,
 )
-from tacotune.train.data import Position, TrainingData, build_training_data
+from tacotune.train.inputs import Position, TrainingData, build_training_data
 from tacotune.train.records import TrainState, link_last, write_checkpoints
 from tacotune.train.setup import (
     Environment,

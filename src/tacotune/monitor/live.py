@@ -22,7 +22,7 @@ from rich.text import Text
 
 from tacotune import progress
 from tacotune.config import load_config
-from tacotune.dashboards import Dashboard, start_dashboards, stop_dashboards
+from tacotune.monitor.dashboards import Dashboard, start_dashboards, stop_dashboards
 from tacotune.errors import ConfigError, TacotuneError
 from tacotune.tracking import EVENTS_FILE, METRICS_FILE, read_jsonl
 

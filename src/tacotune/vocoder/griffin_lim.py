@@ -1,4 +1,4 @@
-"""Mel -> waveform. Griffin-Lim needs no training; a neural vocoder plugs in behind `Vocoder`."""
+"""Griffin-Lim: mel -> waveform with no training; a neural vocoder plugs in behind `Vocoder`."""
 
 from __future__ import annotations
 

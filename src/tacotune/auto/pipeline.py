@@ -227,7 +227,7 @@ def _speak(config: Config, out: Path, facts: dict[str, Any]) -> None:
 
 
 def _report(out: Path, name: str, state: AutoState, facts: dict[str, Any]) -> None:
-    from tacotune import report
+    from tacotune.auto import report
 
     study = dict(state.done("tune"))
     summary = json.loads((out / "study" / "summary.json").read_text(encoding="utf-8"))

@@ -134,7 +134,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def code_version() -> str:
     """tacotune's version, plus the git commit when running from a checkout (asked once per
     process, not at every checkpoint)."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
