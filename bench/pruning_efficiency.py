@@ -23,9 +23,9 @@ from typing import Any
 from common import OUT, demo_prepared, report
 
 from tacotune.config import load_config
-from tacotune.tracking import read_jsonl
+from tacotune.runlog import read_jsonl
 from tacotune.tuning import run_study
-from tacotune.tuning.storage import load_or_create_study
+from tacotune.tuning.study import open_study
 
 # a wider learning-rate range than the demo's own search: a real search meets bad regions
 SPACE = (
@@ -65,7 +65,7 @@ def main() -> None:
             shutil.rmtree(study_dir, ignore_errors=True)
         result = run_study(config, prepared, study_dir, trials=args.trials)
         trials = json.loads((study_dir / "summary.json").read_text())["trials"]
-        study = load_or_create_study(result.name, result.storage, config.tuning)
+        study = open_study(study_dir).study
         minutes = sum(
             (t.datetime_complete - t.datetime_start).total_seconds() / 60
             for t in study.trials

@@ -3,25 +3,19 @@
     python bench/train_throughput.py                      # demo and base, r=1 and 2
     python bench/train_throughput.py --config base.yaml --r 2 --precision fp32
 
-Batch 16, 2 threads, length-bucketed batches drawn exactly as training draws them;
-the first 2 steps (warm-up) are not timed.
+Batch 16, 2 threads, length-bucketed batches drawn exactly as training draws them
+(tacotune.train.throughput, which `tacotune auto` uses too); the first 2 steps (warm-up)
+are not timed.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
 from common import demo_prepared, peak_rss_gib, report
 
 from tacotune.config import load_config
-from tacotune.data.manifest import load_prepared
-from tacotune.losses import tacotron2_loss
-from tacotune.model import Tacotron2
-from tacotune.text.symbols import SYMBOLS
-from tacotune.train.inputs import build_training_data
-from tacotune.train.setup import make_optimizer, setup_environment
+from tacotune.train.throughput import measure_step_rate
 
 
 def measure(config_name: str, r: int, precision: str, steps: int) -> dict[str, object]:
@@ -34,38 +28,15 @@ def measure(config_name: str, r: int, precision: str, steps: int) -> dict[str, o
             f"train.precision={precision}",
         ],
     )
-    env = setup_environment(cfg.train)
-    data = build_training_data(load_prepared(demo_prepared()), cfg, 0, 1)
-    model = Tacotron2(cfg.model, len(SYMBOLS), cfg.audio.n_mels)
-    optimizer = make_optimizer(model, cfg.train)
-    stream = data.stream()
-    frames, started = 0, 0.0
-    for step in range(steps + 2):
-        if step == 2:
-            started = time.perf_counter()
-        batch = next(stream)
-        with torch.autocast(
-            "cpu", dtype=env.autocast_dtype, enabled=env.autocast_dtype is not None
-        ):
-            out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r)
-        loss = tacotron2_loss(
-            out, batch.mel, batch.mel_lengths, batch.text, batch.text_lengths, cfg.loss, step
-        ).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        if step >= 2:
-            frames += int(batch.mel_lengths.sum())
-    seconds = time.perf_counter() - started
+    rate = measure_step_rate(cfg, demo_prepared(), steps=steps)
     return {
         "config": config_name,
-        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "params_M": rate.parameters / 1e6,
         "r": r,
-        "precision": env.precision,
-        "steps_per_s": steps / seconds,
-        "mel_frames_per_s": frames / seconds,
-        "s_per_step": seconds / steps,
+        "precision": rate.precision,
+        "steps_per_s": rate.steps_per_second,
+        "mel_frames_per_s": rate.mel_frames_per_second,
+        "s_per_step": 1 / rate.steps_per_second,
         "peak_rss_GiB": peak_rss_gib(),
     }
 

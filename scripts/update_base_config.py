@@ -1,4 +1,7 @@
-"""Regenerate src/tacotune/configs/base.yaml from the schema defaults (tests/test_config.py checks it)."""
+"""Regenerate src/tacotune/configs/base.yaml from the schema defaults.
+
+tests/test_config.py checks that the two agree.
+"""
 
 from pathlib import Path
 

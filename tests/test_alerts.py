@@ -612,6 +612,7 @@ def test_a_training_run_alerts_and_never_writes_or_logs_the_token(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from tacotune.tracking import run_listeners
     from tacotune.train import train
 
     from conftest import tiny_train
@@ -621,7 +622,8 @@ def test_a_training_run_alerts_and_never_writes_or_logs_the_token(
     monkeypatch.setenv("TACOTUNE_TELEGRAM_API", telegram.url)
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
-    train(tiny_train(), prepared, run)
+    config = tiny_train()
+    train(config, prepared, run, listeners=run_listeners(config, run))  # as the CLI does
     texts = [m.fields["text"] for m in telegram.messages()]
     assert any("started" in t for t in texts) and any("finished" in t for t in texts)
     assert {r.method for r in telegram.received} >= {"sendAudio", "sendDocument"}  # samples

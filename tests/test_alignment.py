@@ -8,15 +8,16 @@ metrics: diagonality >= 0.7, end reached, length within 0.8-1.25). Measured on a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from tacotune.config import load_config
 from tacotune.data.prepare import prepare_dataset
+from tacotune.runlog import RunListener
 from tacotune.synthesize import Synthesizer
 from tacotune.train import train
-from tacotune.train.evaluate import Evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_BUDGET = 450
@@ -30,9 +31,10 @@ class Aligned(Exception):
         self.step = step
 
 
-def stop_when_aligned(step: int, evaluation: Evaluation) -> None:
-    if evaluation.metrics["free/aligned_rate"] == 1.0:
-        raise Aligned(step)
+class StopWhenAligned(RunListener):
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        if metrics["free/aligned_rate"] == 1.0:
+            raise Aligned(step)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int | None
     )
     prepare_dataset(REPO / "data" / "demo", root / "prepared", config)
     try:
-        train(config, root / "prepared", root / "run", on_eval=stop_when_aligned)
+        train(config, root / "prepared", root / "run", listeners=[StopWhenAligned()])
     except Aligned as aligned:
         return root / "run", aligned.step
     return root / "run", None

@@ -1,4 +1,5 @@
-"""`tacotune auto`: data to a registered voice, and resuming after an interruption."""
+"""`tacotune auto`: data to a registered voice, its plan for the machine, its quality gate,
+and resuming after an interruption."""
 
 from __future__ import annotations
 
@@ -36,20 +37,50 @@ def data_dir(make_ljspeech: Callable[..., Path]) -> Path:
     return make_ljspeech(good_rows(12), name="voice")
 
 
+@pytest.fixture(autouse=True)
+def laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake hardware facts: a 2-core CPU where the tiny model trains at 50 steps/s (the real
+    measurement depends on whatever else this machine is doing)."""
+    from tacotune.auto import plan
+    from tacotune.train import throughput
+
+    cpu = plan.Hardware(cpu_cores=2, native_bf16=False, gpu="", gpu_memory_gib=0.0)
+    monkeypatch.setattr(plan, "detect_hardware", lambda: cpu)
+    rate = throughput.StepRate(50.0, 5000.0, 40_000, "fp32")
+    monkeypatch.setattr(throughput, "measure_step_rate", lambda *args, **kwargs: rate)
+
+
+def passing_gate(run_dir: Path, best_step: int, usable_ratio: float) -> dict[str, Any]:
+    """The gate's answer for a real voice (a six-step tiny model is none)."""
+    return {"usable": True, "verdict": "voice metric 0.40", "mcd_ratio": 0.4, "step": best_step}
+
+
 def test_auto_goes_from_data_to_a_registered_voice_with_a_report(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    stages = auto.run_auto(auto_config(), data_dir, out, budget_minutes=5)
-    assert list(stages) == ["prepare", "tune", "train", "register", "speak", "report", "alert"]
+    monkeypatch.setattr(auto, "quality_gate", passing_gate)
+    # no --config: auto picks the preset for the machine (the tiny overrides keep it fast)
+    stages = auto.run_auto(None, data_dir, out, budget_minutes=10, overrides=AUTO)
+    assert list(stages) == [
+        *("prepare", "plan", "tune", "train", "register", "speak", "report", "alert")
+    ]
+    assert stages["plan"]["trials"] == 2 and stages["plan"]["preset"] == "demo"
     assert stages["prepare"]["kept"] == 12
-    assert stages["tune"]["counts"]["complete"] + stages["tune"]["counts"]["pruned"] == 2
+    # (the plan's window fits two trials at the faked rate; the real trials here are slower,
+    # and no trial starts that could not end within the window)
+    assert stages["tune"]["counts"]["complete"] + stages["tune"]["counts"]["pruned"] >= 1
     version = Registry(out / "registry").get("voice")
     assert version.ref == stages["register"]["ref"] == "voice:1" and version.stage == "candidate"
     report = (out / "report.md").read_text(encoding="utf-8")
     for piece in (
+        "## Plan",
+        "2 CPU cores",
+        "the small model (demo.yaml)",
+        "50.00 training steps per second",
         "## Search",
         "## Final model",
+        "## Budget",
         "optimization_history.png",
         "training_curves.png",
         "samples/probe_0.wav",
@@ -59,6 +90,66 @@ def test_auto_goes_from_data_to_a_registered_voice_with_a_report(
     assert (out / "samples" / "probe_0.wav").exists()
     state = json.loads((out / "auto.json").read_text())
     assert 0 < state["spent_seconds"] < state["budget_seconds"]
+    assert stages["alert"]["delivered"]  # (to the log: no other notifier is configured)
+
+
+def test_a_model_that_is_no_voice_is_registered_as_rejected_and_fails_loudly(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(auto.NoVoiceError, match=r"not a voice.*stage rejected"):
+        auto.run_auto(auto_config(), data_dir, out, budget_minutes=10)
+    plan = json.loads((out / "auto.json").read_text())["stages"]["plan"]
+    assert plan["preset"] == "" and "your --config" in plan["reasons"][1]  # it always wins
+    version = Registry(out / "registry").get("voice")
+    assert version.stage == "rejected"
+    assert "**NOT A VOICE**" in (out / "report.md").read_text(encoding="utf-8")
+    assert any("NO VOICE" in r.getMessage() for r in caplog.records)  # the alert, in the log
+
+
+def write_metrics(run_dir: Path, **values: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 100, **values}) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("values", "usable", "because"),
+    [
+        ({"free/mcd_ratio": 0.5, "free/reached_end": 1.0, "free/max_steps_rate": 0.0}, True, ""),
+        ({"free/mcd_ratio": 0.97, "free/reached_end": 1.0}, False, "voice metric is 0.97"),
+        ({"free/mcd_ratio": 0.5, "free/reached_end": 0.2}, False, "does not reach the end"),
+        ({"free/mcd_ratio": 0.5, "free/reached_end": 1.0, "free/max_steps_rate": 1.0}, False,
+         "step limit"),
+        ({}, False, "voice metric is none"),
+    ],
+)  # fmt: skip
+def test_the_quality_gate(
+    tmp_path: Path, values: dict[str, float], usable: bool, because: str
+) -> None:
+    write_metrics(tmp_path / "run", **values)
+    gate = auto.quality_gate(tmp_path / "run", 100, usable_ratio=0.9)
+    assert gate["usable"] is usable and because in gate["verdict"]
+
+
+def test_the_plan_fits_the_hardware_and_says_why() -> None:
+    from tacotune.auto.plan import Hardware, choose_preset, make_plan
+
+    laptop = Hardware(cpu_cores=2, native_bf16=False, gpu="", gpu_memory_gib=0.0)
+    preset, why = choose_preset(laptop, hours=20.0)
+    assert preset == "demo" and "2 CPU cores" in why
+    big_gpu = Hardware(cpu_cores=16, native_bf16=False, gpu="H100", gpu_memory_gib=79.0)
+    assert choose_preset(big_gpu, hours=20.0)[0] == "base"
+    assert choose_preset(big_gpu, hours=0.2)[0] == "demo"  # too little speech for 28M
+    config = load_config("demo.yaml")
+    small = make_plan(config, "demo", rate=2.0, minutes=9.0, reasons=[])
+    assert small.trials == 0 and small.final_minutes == 9.0
+    assert "no search" in small.reasons[-1] and "all 9.0 min" in small.reasons[-1]
+    hour = make_plan(config, "demo", rate=2.0, minutes=60.0, reasons=[])
+    assert 2 <= hour.trials < 6 and hour.tuned == ("train.learning_rate", "loss.guided_attn_weight")
+    assert hour.trial_minutes * 60 * 2.0 >= 600  # every trial can reach MIN_TRIAL_STEPS
+    assert hour.final_minutes >= 30.0  # the final model gets at least half
+    paper_on_cpu = make_plan(Config(), "base", rate=0.26, minutes=15.0, reasons=[])
+    assert paper_on_cpu.trials == 0  # the measured failure: 6 trials that learned nothing
 
 
 def test_auto_continues_where_it_was_interrupted(
@@ -71,18 +162,19 @@ def test_auto_continues_where_it_was_interrupted(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(auto, "_speak", interrupted)
+    monkeypatch.setattr(auto, "quality_gate", passing_gate)
     with pytest.raises(KeyboardInterrupt):
-        auto.run_auto(auto_config(), data_dir, out, budget_minutes=5)
+        auto.run_auto(auto_config(), data_dir, out, budget_minutes=10)
     done = json.loads((out / "auto.json").read_text())["stages"]
-    assert list(done) == ["prepare", "tune", "train", "register"]
+    assert list(done) == ["prepare", "plan", "tune", "train", "register"]
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(auto, "_speak", real_speak)
-    for stage in ("_prepare", "_tune", "_train", "_register"):
+    for stage in ("_prepare", "_plan", "_tune", "_train", "_register"):
         monkeypatch.setattr(auto, stage, must_not_run)
-    stages = auto.run_auto(auto_config(), data_dir, out, budget_minutes=5)
+    stages = auto.run_auto(auto_config(), data_dir, out, budget_minutes=10)
     assert stages["speak"]["samples"] and (out / "report.md").exists()
     assert len(Registry(out / "registry").versions()) == 1  # registered once
 
@@ -94,6 +186,6 @@ def test_an_unusable_dataset_stops_auto_with_its_report(
 
     data = make_ljspeech([(f"x{i}", "тишина.", None) for i in range(5)], name="broken")
     with pytest.raises(DatasetError, match="were excluded"):
-        auto.run_auto(auto_config(), data, tmp_path / "out", budget_minutes=5)
+        auto.run_auto(auto_config(), data, tmp_path / "out", budget_minutes=10)
     assert (tmp_path / "out" / "prepared" / "report.md").exists()
     assert not (tmp_path / "out" / "study").exists()

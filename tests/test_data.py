@@ -5,21 +5,22 @@ from __future__ import annotations
 import torch
 
 from tacotune.audio import SILENCE_LOG_MEL
-from tacotune.data.dataset import BucketBatchSampler, Collate
+from tacotune.data.dataset import BucketBatchSampler, Collate, Item
 
 LENGTHS = [50, 10, 400, 120, 33, 250, 80, 15, 300, 60, 90, 200, 45, 70, 310, 140, 20]
 
 
 def test_collate_pads_to_the_multiple_without_truncating() -> None:
     items = [
-        (torch.tensor([5, 6, 7, 1]), torch.randn(80, 13)),
-        (torch.tensor([5, 1]), torch.randn(80, 7)),
+        Item("long", torch.tensor([5, 6, 7, 1]), torch.randn(80, 13)),
+        Item("short", torch.tensor([5, 1]), torch.randn(80, 7)),
     ]
     batch = Collate(6)(items)
+    assert batch.ids == ["long", "short"]  # a debug report names the batch's utterances
     assert batch.mel.shape == (2, 80, 18)
     assert batch.text.tolist() == [[5, 6, 7, 1], [5, 1, 0, 0]]
     assert batch.text_lengths.tolist() == [4, 2] and batch.mel_lengths.tolist() == [13, 7]
-    assert torch.equal(batch.mel[0, :, :13], items[0][1])
+    assert torch.equal(batch.mel[0, :, :13], items[0].mel)
     assert (batch.mel[1, :, 7:] == SILENCE_LOG_MEL).all()
 
 

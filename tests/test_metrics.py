@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tacotune.supervision.metrics import (
     alignment_metrics,
     composite_score,
     gate_balanced_accuracy,
-    summarize,
+    mcd_dtw,
+    summarize_alignment,
+    summarize_voice,
+    voice_metrics,
 )
 
 S, N = 120, 40
@@ -92,12 +98,13 @@ def test_empty_attention_is_an_error() -> None:
 
 
 def test_summary_and_composite_score() -> None:
-    summary = summarize([alignment_metrics(DIAGONAL), alignment_metrics(STUCK)], "free")
+    summary = summarize_alignment([alignment_metrics(DIAGONAL), alignment_metrics(STUCK)], "free")
     assert summary["free/aligned_rate"] == 0.5
-    good = composite_score({"val/mel_postnet": 0.5, "free/quality": 1.0}, 1.0)
-    bad = composite_score({"val/mel_postnet": 0.5, "free/quality": 0.1}, 1.0)
+    good = composite_score({"free/mcd_ratio": 0.5, "free/quality": 1.0}, 1.0)
+    bad = composite_score({"free/mcd_ratio": 0.5, "free/quality": 0.1}, 1.0)
     assert good == 0.5 and bad == pytest.approx(1.4)
-    assert composite_score({"val/mel_postnet": math.nan, "free/quality": 1.0}, 1.0) == math.inf
+    assert composite_score({"free/mcd_ratio": math.nan, "free/quality": 1.0}, 1.0) == math.inf
+    assert composite_score({"free/quality": 1.0}, 1.0) == math.inf  # no voice metric
 
 
 def test_gate_accuracy_is_balanced() -> None:
@@ -106,3 +113,67 @@ def test_gate_accuracy_is_balanced() -> None:
     never = torch.full((1, 5), -5.0)
     assert gate_balanced_accuracy(perfect, steps) == 1.0
     assert gate_balanced_accuracy(never, steps) == 0.5  # all "continue" right, the stop missed
+
+
+# --- the voice metric, on recordings of the bundled corpus ----------------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "wavs"
+
+
+@functools.cache
+def recording(name: str) -> torch.Tensor:
+    """(80, T) log-mel of a bundled demo utterance, trimmed as `prepare` does."""
+    from tacotune.audio import MelSpectrogram, load_audio, trim_silence
+    from tacotune.config import AudioConfig
+
+    config = AudioConfig()
+    samples = load_audio(DEMO / f"{name}.flac", config.sample_rate).samples
+    samples, _, _ = trim_silence(samples, config.trim_top_db, config.n_fft, config.hop_length)
+    return MelSpectrogram(config)(torch.from_numpy(samples))
+
+
+def stretched(mel: torch.Tensor, factor: float) -> torch.Tensor:
+    """The same speech at another pace."""
+    frames = round(mel.shape[1] * factor)
+    return F.interpolate(mel[None], size=frames, mode="linear", align_corners=True)[0]
+
+
+def test_the_same_speech_has_no_distortion() -> None:
+    mel = recording("demo_0001")
+    assert mcd_dtw(mel, mel) == 0.0
+
+
+def test_a_slower_shifted_copy_is_close_and_other_words_or_silence_are_far() -> None:
+    reference, other = recording("demo_0001"), recording("demo_0003")
+    silence_level = reference.min()
+    slower = torch.cat([torch.full((80, 8), float(silence_level)), stretched(reference, 1.25)], 1)
+    silence = torch.full_like(reference, float(silence_level))
+    close, far, mute = (
+        mcd_dtw(slower, reference),
+        mcd_dtw(other, reference),
+        mcd_dtw(silence, reference),
+    )
+    assert close < 0.5 * far and close < 0.5 * mute
+    assert voice_metrics(slower, reference, other).mcd_ratio < 0.5
+    wrong_words = voice_metrics(recording("demo_0004"), reference, other)
+    assert wrong_words.mcd_ratio > 0.8  # about chance: it says something else
+    assert voice_metrics(silence, reference, other).mcd_ratio > 0.8
+    assert voice_metrics(slower, reference, other).duration_ratio == pytest.approx(
+        (reference.shape[1] * 1.25 + 8) / reference.shape[1], abs=0.01
+    )
+
+
+def test_perfect_attention_cannot_make_up_for_the_wrong_words() -> None:
+    reference, other = recording("demo_0001"), recording("demo_0003")
+    mumbling = {  # a perfect diagonal over speech that says something else
+        **summarize_alignment([alignment_metrics(DIAGONAL)], "free"),
+        **summarize_voice([voice_metrics(recording("demo_0004"), reference, other)], "free"),
+    }
+    reading = {  # the right words, at another pace, with a pause in the attention
+        **summarize_alignment([alignment_metrics(PAUSED)], "free"),
+        **summarize_voice([voice_metrics(stretched(reference, 0.9), reference, other)], "free"),
+    }
+    assert mumbling["free/quality"] >= reading["free/quality"]
+    assert composite_score(mumbling, 0.5) > composite_score(reading, 0.5)
+    never_ends = {**reading, **summarize_alignment([alignment_metrics(STOPS_EARLY)], "free")}
+    assert composite_score(never_ends, 0.5) > composite_score(reading, 0.5)

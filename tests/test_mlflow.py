@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from tacotune.config import all_keys
-from tacotune.tracking import RunTracker
+from tacotune.names import Event, RunStatus
+from tacotune.runlog import RunLog
+from tacotune.tracking import MlflowListener
 from tacotune.tracking.mlflow import (
     PARAM_VALUE_LIMIT,
     MlflowRun,
@@ -57,13 +59,14 @@ def test_training_run_is_mirrored(
     client: mlflow.MlflowClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from tacotune.tracking import run_listeners
     from tacotune.train import train
 
     config = tiny_train(
         "tracking.mlflow=true", f"tracking.mlflow_uri={uri}", "tracking.mlflow_experiment=train"
     )
     run_dir = tmp_path / "voice_run"
-    train(config, prepared, run_dir)
+    train(config, prepared, run_dir, listeners=run_listeners(config, run_dir))
 
     experiment = client.get_experiment_by_name("train")
     (found,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'voice_run'")
@@ -97,15 +100,14 @@ def test_tracker_outcome_and_files_by_hand(
     (run_dir / "samples/step_0000003/probe_0.wav").write_bytes(b"old")
     (run_dir / "samples/step_0000012/probe_0.wav").write_bytes(b"new")
     (run_dir / "config.yaml").write_text("train: {}\n")
-    tracker = RunTracker(run_dir, tensorboard=False)
     run = MlflowRun(uri, "by_hand", run_name="by_hand")
-    tracker.attach_mlflow(run, {"train.learning_rate": 0.001})
-    tracker.evaluation(3, {"score": 2.0, "val/gate": float("nan")})
-    tracker.evaluation(12, {"score": 1.0, "val/gate": 0.5})
-    tracker.event(12, "early_stop", reason="patience")
-    tracker.event(12, "finished", reason="patience")
-    tracker.close(status="KILLED")
-    tracker.close()  # a second close does nothing
+    run_log = RunLog(run_dir, listeners=[MlflowListener(run, run_dir, {"train.lr": 0.001})])
+    run_log.evaluation(3, {"score": 2.0, "val/gate": float("nan")})
+    run_log.evaluation(12, {"score": 1.0, "val/gate": 0.5})
+    run_log.event(12, Event.EARLY_STOP, reason="patience")
+    run_log.event(12, Event.FINISHED, reason="patience")
+    run_log.close(RunStatus.KILLED)
+    run_log.close(RunStatus.FINISHED)  # a second close does nothing
 
     done = client.get_run(run.run_id)
     assert done.info.status == "KILLED"
@@ -124,14 +126,16 @@ def test_tracker_outcome_and_files_by_hand(
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"] for line in lines] == ["early_stop", "finished"]
 
-    other_rank = RunTracker(tmp_path / "rank1", active=False, tensorboard=False)
-    idle = MlflowRun(uri, "by_hand", run_name="rank1")
-    other_rank.attach_mlflow(idle, {"a": 1})
+    assert done.data.params == {"train.lr": "0.001"}
+
+    idle = MlflowRun(uri, "by_hand", run_name="rank1")  # another rank's log tells nobody
+    other_rank = RunLog(
+        tmp_path / "rank1", active=False, listeners=[MlflowListener(idle, run_dir, {})]
+    )
     other_rank.evaluation(3, {"score": 1.0})
-    other_rank.close()
+    other_rank.close(RunStatus.FINISHED)
     untouched = client.get_run(idle.run_id)
-    assert untouched.data.params == {} and untouched.data.metrics == {}
-    assert untouched.info.status == "RUNNING"
+    assert untouched.data.metrics == {} and untouched.info.status == "RUNNING"
 
 
 def test_study_trials_and_a_trial_process(

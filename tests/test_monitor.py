@@ -13,10 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tacotune.monitor import dashboards as dashboards_module
-from tacotune.monitor import live as monitor_module
 from tacotune.config import load_config, save_config
-from tacotune.monitor.dashboards import Dashboard, DashboardError, start_dashboards, stop_dashboards
 from tacotune.errors import TacotuneError
 from tacotune.monitor import (
     MonitorError,
@@ -28,7 +25,10 @@ from tacotune.monitor import (
     run_active,
     snapshot,
 )
-from tacotune.tracking import EVENTS_FILE, METRICS_FILE
+from tacotune.monitor import dashboards as dashboards_module
+from tacotune.monitor import live as monitor_module
+from tacotune.monitor.dashboards import Dashboard, DashboardError, start_dashboards, stop_dashboards
+from tacotune.runlog import EVENTS_FILE, METRICS_FILE
 
 T0 = 1_700_000_000.0  # the run's start (unix seconds)
 MAX_STEPS = 600  # train.max_steps of configs/demo.yaml

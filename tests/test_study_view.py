@@ -14,13 +14,13 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from tacotune.config import load_config, save_config
+from tacotune.monitor import monitor
 from tacotune.monitor.dashboards import (
     DashboardError,
     dashboard_commands,
     start_dashboards,
     stop_dashboards,
 )
-from tacotune.monitor import monitor
 from tacotune.tuning.storage import load_or_create_study, storage_url
 from tacotune.tuning.view import render_study, snapshot_study, study_active
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
+from tacotune.checkpoint import load_checkpoint
 from tacotune.config import load_config
 from tacotune.losses import LossTerms
 from tacotune.supervision.early_stopping import EarlyStopping
 from tacotune.supervision.guard import DivergenceGuard, TrainingDiverged
 from tacotune.train import loop, train
-from tacotune.checkpoint import load_checkpoint
 from tacotune.train.session import Session
 
 from conftest import TINY_TRAIN, tiny_train
@@ -39,31 +39,41 @@ def events(run: Path) -> list[dict[str, Any]]:
 
 
 def test_patience_stops_on_a_plateau_after_exactly_patience_evaluations() -> None:
-    stopper = EarlyStopping(patience=3, min_delta=0.01, aligned_share=1.0, align_by_step=0)
+    stopper = EarlyStopping(
+        patience=3, min_delta=0.01, aligned_share=1.0, align_by_step=0, voice_ready_ratio=0.6
+    )
     scores = [1.0, 0.8, 0.795, 0.799, 0.7951]  # improvements after 0.8 are below min_delta
-    reasons = [stopper.update(100 * i, s, 1.0).stop_reason for i, s in enumerate(scores)]
+    reasons = [stopper.update(100 * i, s, 1.0, 1.0).stop_reason for i, s in enumerate(scores)]
     assert reasons == ["", "", "", "", "patience"]
     assert (stopper.best_score, stopper.best_step) == (0.795, 200)  # best.pt still follows any gain
 
 
 def test_early_stopping_state_survives_a_checkpoint() -> None:
-    first = EarlyStopping(patience=2, min_delta=0.0, aligned_share=1.0, align_by_step=0)
-    first.update(100, 1.0, 0.0)
-    first.update(200, 1.5, 0.0)
-    second = EarlyStopping(patience=2, min_delta=0.0, aligned_share=1.0, align_by_step=0)
+    first = EarlyStopping(
+        patience=2, min_delta=0.0, aligned_share=1.0, align_by_step=0, voice_ready_ratio=0.6
+    )
+    first.update(100, 1.0, 0.0, 1.0)
+    first.update(200, 1.5, 0.0, 1.0)
+    second = EarlyStopping(
+        patience=2, min_delta=0.0, aligned_share=1.0, align_by_step=0, voice_ready_ratio=0.6
+    )
     second.load_state_dict(first.state_dict())
-    assert second.update(300, 1.2, 0.0).stop_reason == "patience"
+    assert second.update(300, 1.2, 0.0, 1.0).stop_reason == "patience"
 
 
 def test_alignment_deadline_and_the_aligned_event() -> None:
-    stopper = EarlyStopping(patience=0, min_delta=0.0, aligned_share=0.75, align_by_step=300)
-    first = stopper.update(100, 1.0, 0.5)
+    stopper = EarlyStopping(
+        patience=0, min_delta=0.0, aligned_share=0.75, align_by_step=300, voice_ready_ratio=0.6
+    )
+    first = stopper.update(100, 1.0, 0.5, 1.0)
     assert not first.newly_aligned and first.stop_reason == ""
-    assert stopper.update(200, 0.9, 0.75).newly_aligned
-    assert not stopper.update(300, 0.8, 1.0).newly_aligned  # only the first time
-    late = EarlyStopping(patience=0, min_delta=0.0, aligned_share=1.0, align_by_step=300)
-    late.update(200, 1.0, 0.9)
-    stop = late.update(300, 1.0, 0.9)
+    assert stopper.update(200, 0.9, 0.75, 1.0).newly_aligned
+    assert not stopper.update(300, 0.8, 1.0, 1.0).newly_aligned  # only the first time
+    late = EarlyStopping(
+        patience=0, min_delta=0.0, aligned_share=1.0, align_by_step=300, voice_ready_ratio=0.6
+    )
+    late.update(200, 1.0, 0.9, 1.0)
+    stop = late.update(300, 1.0, 0.9, 1.0)
     assert stop.stop_reason == "no_alignment" and "step 300" in stop.detail
 
 
@@ -296,3 +306,13 @@ def test_periodic_debug_reports(prepared: Path, tmp_path: Path) -> None:
     assert report["reason"] == "periodic" and "decoder.decoder_rnn.weight_hh" in report["layers"]
     assert {"teacher_forced/diagonality", "teacher_forced/focus"} <= set(report["attention"])
     assert "| layer |" in (tmp_path / "run" / "debug" / "step_0000002.md").read_text()
+
+
+def test_the_voice_ready_event_fires_once_when_the_voice_metric_reaches_its_level() -> None:
+    stopper = EarlyStopping(
+        patience=0, min_delta=0.0, aligned_share=1.0, align_by_step=0, voice_ready_ratio=0.6
+    )
+    ratios = [1.1, 0.8, 0.6, 0.4, 0.7]
+    voiced = [stopper.update(100 * i, r, 1.0, r).newly_voiced for i, r in enumerate(ratios)]
+    assert voiced == [False, False, True, False, False]
+    assert stopper.voice_ready_step == 200

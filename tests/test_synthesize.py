@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from tacotune.checkpoint import config_payload, save_checkpoint
 from tacotune.config import load_config
 from tacotune.errors import TextError, UnknownSymbolError
 from tacotune.model import Tacotron2
 from tacotune.synthesize import MAX_CHUNK_CHARS, Synthesizer, split_text
 from tacotune.text.frontend import TextFrontend
 from tacotune.text.symbols import SYMBOLS
-from tacotune.checkpoint import config_payload, save_checkpoint
 
 from conftest import TINY
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.config import load_config
 from tacotune.errors import CheckpointError, ConfigError
+from tacotune.names import RunStatus
+from tacotune.runlog import RunListener
 from tacotune.train import resume, train
-from tacotune.checkpoint import load_checkpoint, save_checkpoint
-from tacotune.train.evaluate import Evaluation
 
 from conftest import TINY_TRAIN, tiny_train
 
@@ -100,14 +105,28 @@ def test_resume_refuses_to_change_the_model(prepared: Path, tmp_path: Path) -> N
         resume(tmp_path / "run", prepared, ["model.decoder_rnn_dim=32"])
 
 
-def test_ctrl_c_leaves_a_resumable_checkpoint(prepared: Path, tmp_path: Path) -> None:
-    def interrupt(step: int, evaluation: Evaluation) -> None:
-        raise KeyboardInterrupt
+class SignalAt(RunListener):
+    """Sends this process a signal at an evaluation, as Ctrl-C or `kill` would."""
 
+    def __init__(self, number: signal.Signals, times: int = 1) -> None:
+        self.number, self.times = number, times
+
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        if step == 3:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.number)
+
+
+@pytest.mark.parametrize(("number", "times"), [(signal.SIGINT, 1), (signal.SIGTERM, 2)])
+def test_a_stop_request_saves_once_and_leaves_a_resumable_run(
+    prepared: Path, tmp_path: Path, number: signal.Signals, times: int
+) -> None:
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_train(), prepared, tmp_path / "run", on_eval=interrupt)
-    events = (tmp_path / "run" / "events.jsonl").read_text()
-    assert '"event": "interrupted"' in events
+        train(tiny_train(), prepared, tmp_path / "run", listeners=[SignalAt(number, times)])
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    assert [e["event"] for e in events][-1] == "interrupted" and events[-1]["step"] == 3
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))  # no temp file left
+    assert signal.getsignal(number) is not signal.SIG_IGN  # the handlers were put back
     assert resume(tmp_path / "run", prepared).step == 6
 
 
@@ -141,15 +160,34 @@ def test_training_refuses_a_dataset_prepared_with_other_audio(
         train(tiny_train("audio.n_mels=40"), prepared, tmp_path / "run")
 
 
-def test_on_eval_receives_every_evaluation(prepared: Path, tmp_path: Path) -> None:
-    seen: list[tuple[int, float]] = []
+def test_listeners_hear_every_evaluation_and_are_closed_once(
+    prepared: Path, tmp_path: Path
+) -> None:
+    class Recorder(RunListener):
+        def __init__(self) -> None:
+            self.scores: list[tuple[int, float]] = []
+            self.events: list[str] = []
+            self.closed: list[RunStatus] = []
 
-    def callback(step: int, evaluation: Evaluation) -> None:
-        seen.append((step, evaluation.score))
+        def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+            self.scores.append((step, metrics["score"]))
 
-    train(tiny_train(), prepared, tmp_path / "run", on_eval=callback)
-    assert [s for s, _ in seen] == [3, 6]
-    assert all(score > 0 for _, score in seen)
+        def on_event(self, record: Mapping[str, Any]) -> None:
+            self.events.append(record["event"])
+
+        def on_close(self, status: RunStatus) -> None:
+            self.closed.append(status)
+
+    recorder = Recorder()
+    train(tiny_train(), prepared, tmp_path / "run", listeners=[recorder])
+    assert [s for s, _ in recorder.scores] == [3, 6]
+    assert all(score > 0 for _, score in recorder.scores)
+    assert recorder.events[0] == "started" and recorder.events[-1] == "finished"
+    assert recorder.closed == [RunStatus.FINISHED]
+    failing = Recorder()  # a run that cannot start still closes its listeners
+    with pytest.raises(ConfigError):
+        train(tiny_train(), prepared, tmp_path / "run", listeners=[failing])
+    assert failing.closed == [RunStatus.FAILED] and failing.events == []
 
 
 def test_two_process_ddp_run_on_cpu(prepared: Path, tmp_path: Path) -> None:
@@ -201,3 +239,14 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path: Path, content: byt
         path.write_bytes(content)  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match=r"cannot be read|not a tacotune checkpoint"):
         load_checkpoint(path)
+
+
+def test_checkpoint_copies_survive_damage_to_one_of_them(prepared: Path, tmp_path: Path) -> None:
+    train(tiny_train(), prepared, tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with (checkpoints / "last.pt").open("r+b") as f:  # damaged in place, not replaced
+        f.truncate(1000)
+    for name in ("best.pt", "good.pt", "step_0000006.pt"):
+        assert load_checkpoint(checkpoints / name)["state"]["step"] in (3, 6), name
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(checkpoints / "last.pt")

@@ -18,9 +18,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from tacotune.checkpoint import load_checkpoint
 from tacotune.config import Config, load_config
 from tacotune.config.schema import TUNABLE
-from tacotune.data.dataset import Collate
+from tacotune.data.dataset import Collate, Item
 from tacotune.errors import ConfigError
 from tacotune.losses import tacotron2_loss
 from tacotune.model import Tacotron2, pad_multiple
@@ -38,7 +39,11 @@ from conftest import TINY_TRAIN, tiny_train
 def _batch(multiple: int) -> Any:
     g = torch.Generator().manual_seed(0)
     items = [
-        (torch.randint(4, len(SYMBOLS), (n,), generator=g), torch.randn(80, t, generator=g))
+        Item(
+            f"u{n}",
+            torch.randint(4, len(SYMBOLS), (n,), generator=g),
+            torch.randn(80, t, generator=g),
+        )
         for n, t in ((9, 40), (6, 28))
     ]
     return Collate(multiple)(items)
@@ -53,9 +58,6 @@ def _forward(config: Config, step: int = 500) -> dict[str, Any]:
     terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, step)
     terms.total.backward()
     optimizer = make_optimizer(model, config.train)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     return {
         "loss": float(terms.total.detach()),
         "mel": out.mel.detach(),
@@ -63,8 +65,6 @@ def _forward(config: Config, step: int = 500) -> dict[str, Any]:
         "coarse": out.coarse is not None,
         "optimizer": [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups],
         "schedule": [learning_rate_factor(s, config.train) for s in (10, 3000, 60000)],
-        "clipped_norm": float(min(norm, clipped)),
-        "batch_size": config.train.batch_size,
     }
 
 
@@ -100,13 +100,42 @@ SECOND_VALUE = {  # a value different from the tiny config's for every tunable k
 }
 
 
-@pytest.mark.parametrize("key", sorted(TUNABLE))
+# settings whose effect only a real training step shows (the data builder, the clipping)
+REAL_STEP_KEYS = ("train.batch_size", "train.grad_clip")
+
+
+@pytest.mark.parametrize("key", sorted(TUNABLE - set(REAL_STEP_KEYS)))
 def test_every_tunable_setting_changes_the_model_loss_optimizer_or_data(key: str) -> None:
     base = tiny_train("model.ddc_reduction_factor=6")
     if key == "loss.ddc_weight":
         base = apply(base, {"model.ddc": True})  # the weight only exists with a coarse decoder
     changed = _differs(_forward(base), _forward(apply(base, {key: SECOND_VALUE[key]})))
     assert changed, f"{key} changed nothing the model, loss, optimizer or data depend on"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", REAL_STEP_KEYS)
+def test_batch_size_and_grad_clip_change_a_real_training_step(
+    key: str, prepared: Path, tmp_path: Path
+) -> None:
+    from tacotune.data.manifest import load_prepared
+    from tacotune.train import train
+    from tacotune.train.inputs import build_training_data
+
+    base = tiny_train("train.max_steps=2", "train.eval_every=2", "train.grad_clip=5.0")
+    changed = apply(base, {key: SECOND_VALUE[key]})
+    largest = [  # the largest batch of the first epoch, as the loop will get them
+        max(map(len, build_training_data(load_prepared(prepared), config, 0, 1).sampler.batches()))
+        for config in (base, changed)
+    ]
+    weights = []
+    for name, config in (("base", base), ("changed", changed)):
+        train(config, prepared, tmp_path / name)
+        weights.append(load_checkpoint(tmp_path / name)["model"])
+    moved = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    if key == "train.batch_size":
+        assert largest == [4, 8]
+    assert moved, f"{key} left the weights after two real steps unchanged"
 
 
 def test_the_table_above_covers_every_tunable_key() -> None:
@@ -216,6 +245,33 @@ def test_two_workers_share_the_journal(prepared: Path, tmp_path: Path) -> None:
     assert len(pids) == 2  # both workers ran trials
 
 
+def test_parallel_workers_do_not_sample_the_same_settings(prepared: Path, tmp_path: Path) -> None:
+    config = study_config(
+        "tuning.trial_max_steps=3",
+        "tuning.space=[{key: train.learning_rate, low: 0.001, high: 0.01, log: true}]",
+    )
+    run_study(config, prepared, tmp_path / "study", trials=2, workers=2)
+    rates = [t["params"]["train.learning_rate"] for t in trials_of(tmp_path / "study")]
+    assert len(rates) == 2 and rates[0] != rates[1]  # the same seed gave both the same value
+
+
+def test_the_pruner_sees_the_best_score_so_far() -> None:
+    import io
+
+    from tacotune.tuning.worker import _relay
+
+    study = optuna.create_study()
+    trial = study.ask()
+    scores = [2.0, 1.0, 3.0, None, 0.5]
+    reports = io.StringIO(
+        "".join(json.dumps({"type": "evaluation", "step": s, "score": v}) + "\n"
+                for s, v in zip((3, 6, 9, 12, 15), scores, strict=True))
+        + json.dumps({"type": "outcome", "state": "complete", "value": 0.5}) + "\n"
+    )  # fmt: skip
+    _relay(trial, reports, io.StringIO())
+    assert list(study.trials[0].intermediate_values.values()) == [2.0, 1.0, 1.0, 1.0, 0.5]
+
+
 def test_a_killed_worker_leaves_no_running_trial_and_the_study_resumes(
     prepared: Path, tmp_path: Path
 ) -> None:
@@ -293,15 +349,26 @@ def test_no_trial_outlives_the_study_deadline(
     config = study_config(f"tuning.trial_max_minutes={own}")
     now = 1_000_000.0
     deadline = float("inf") if left is None else now + left * 60
-    settings = WorkerSettings(tmp_path, tmp_path, config, 1, 1, deadline)
+    settings = WorkerSettings(tmp_path, tmp_path, config, target=1, threads=1, deadline=deadline)
     assert trial_minutes(settings, now) == (None if expected is None else pytest.approx(expected))
 
 
-def test_cmaes_refuses_choices() -> None:
-    from tacotune.tuning.space import check_sampler_fits
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tuning.sampler=cmaes"], "continuous ranges only"),
+        (["tuning.pruner=hyperband", "tuning.trial_max_steps=100"], "hyperband needs"),
+    ],
+)
+def test_tuning_combinations_are_refused_by_tacotune_config(
+    overrides: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
 
-    with pytest.raises(ConfigError, match="continuous ranges only"):
-        check_sampler_fits(study_config("tuning.sampler=cmaes"))
+    # before any study starts: `tacotune config` already rejects them
+    arguments = [item for override in overrides for item in ("--set", override)]
+    assert main(["config", "--config", "demo", *arguments]) == 1
+    assert message in capsys.readouterr().err
 
 
 POSTGRES = os.environ.get("TACOTUNE_TEST_POSTGRES", "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import pickle
 import random
 import subprocess
@@ -26,6 +25,7 @@ from tacotune import __version__
 from tacotune.config.load import config_from_dict, config_to_dict
 from tacotune.config.schema import Config
 from tacotune.errors import CheckpointError
+from tacotune.files import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,21 @@ FORMAT_VERSION = 1  # bump when the layout below changes incompatibly
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically: temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
+    """Write `payload` to `path` atomically (tacotune.files.atomic_writer): temp file, fsync,
+    rename; on any failure the temp file is removed, a full disk raises DiskFullError."""
+    with atomic_writer(path, size_hint=_tensor_bytes(payload)) as f:
         torch.save({"format_version": FORMAT_VERSION, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of all tensors in a nested payload (about the size of its file)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

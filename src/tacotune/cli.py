@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.logging import RichHandler
 from tacotune import __version__, progress
 from tacotune.config import Config, dump_config, load_config
 from tacotune.errors import ConfigError, DatasetError, TacotuneError
+from tacotune.signals import interrupt_on_sigterm
 
 log = logging.getLogger("tacotune")
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tacotune` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` saves a resumable checkpoint, like Ctrl-C
+    interrupt_on_sigterm()  # `kill` stops like Ctrl-C (training saves a resumable last.pt)
     _configure_logging(args.verbose)
     progress.enable(sys.stderr.isatty() and not args.quiet)
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -39,10 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--out-dir", default="synthesized", help="where --file writes its wavs")
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
     syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
+    syn.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (auto: cuda when available)",
+    )
 
     _add_search_commands(commands)
 
@@ -136,7 +138,9 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     auto.add_argument("data_dir", help="LJSpeech, RUSLAN or path|text-list dataset directory")
     auto.add_argument("-o", "--output", required=True, help="output directory (resumable)")
-    auto.add_argument("--budget", type=float, default=60.0, help="total minutes")
+    auto.add_argument(
+        "--budget", type=float, default=60.0, help="total minutes, every stage included"
+    )
     auto.add_argument("--name", help="registry name of the voice (default: the data dir name)")
     auto.add_argument("--workers", type=int, default=1, help="tuning worker processes")
     _config_arguments(auto)
@@ -196,10 +200,15 @@ def _mlflow_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, _overrides(args), args.hparams)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values, and what --mlflow-uri stands for."""
     overrides = list(args.set)
     if getattr(args, "mlflow_uri", None):
         overrides += [f"tracking.mlflow_uri={args.mlflow_uri}", "tracking.mlflow=true"]
-    return load_config(args.config, overrides, args.hparams)
+    return overrides
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -290,19 +299,32 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.tracking import run_listeners
     from tacotune.train import resume, train
 
     if args.resume:
-        if args.config or args.hparams or args.warm_start or args.mlflow_uri:
+        if args.config or args.hparams or args.warm_start or args.mlflow_uri or args.output:
             raise ConfigError(
-                "--resume uses the run's own config (its MLflow settings included): only "
-                "--set of train.max_steps-like keys may be given"
+                "--resume continues RUN_DIR in place with the run's own config (its MLflow "
+                "settings included): -o, --config, --hparams, --warm-start and --mlflow-uri "
+                "cannot be given; only --set of train.max_steps-like keys"
             )
-        result = resume(args.resume, args.prepared_dir, args.set)
+        run_dir = Path(args.resume)
+        config = checkpoint_config(load_checkpoint(run_dir))
+        listeners = run_listeners(config, run_dir)
+        result = resume(run_dir, args.prepared_dir, args.set, listeners=listeners)
     else:
         if not args.output:
             raise ConfigError("train needs -o RUN_DIR (or --resume RUN_DIR)")
-        result = train(_load(args), args.prepared_dir, args.output, warm_start=args.warm_start)
+        config, run_dir = _load(args), Path(args.output)
+        result = train(
+            config,
+            args.prepared_dir,
+            run_dir,
+            warm_start=args.warm_start,
+            listeners=run_listeners(config, run_dir),
+        )
     log.info(
         "finished at step %d (%s); best score %.4f at step %d; run in %s",
         result.step,
@@ -321,7 +343,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.file is None):
         raise ConfigError("give either TEXT or --file")
-    synthesizer = Synthesizer(args.checkpoint, seed=args.seed)
+    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
     if args.text is not None:
         jobs = [(args.text, Path(args.output))]
     else:
@@ -406,8 +428,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_auto(args: argparse.Namespace) -> int:
     from tacotune.auto import run_auto
 
+    explicit = args.config is not None or args.hparams is not None
     stages = run_auto(
-        _load(args), args.data_dir, args.output, args.budget, name=args.name, workers=args.workers
+        _load(args) if explicit else None,  # None: auto chooses the preset for this machine
+        args.data_dir,
+        args.output,
+        args.budget,
+        overrides=_overrides(args),
+        name=args.name,
+        workers=args.workers,
     )
     log.info(
         "voice registered as %s; report: %s", stages["register"]["ref"], stages["report"]["report"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tacotune.config.schema import LossConfig
-from tacotune.model.tacotron2 import Tacotron2Output
+from tacotune.model.tacotron2 import Tacotron2Output, decoder_steps
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def tacotron2_loss(
     """
     r = out.reduction_factor
     frame_mask = _length_mask(mel_lengths, mel.shape[2])  # (B, T)
-    steps = torch.div(mel_lengths + r - 1, r, rounding_mode="floor")  # (B,) ceil(len / r)
+    steps = decoder_steps(mel_lengths, r)  # (B,)
     step_mask = _length_mask(steps, out.gate.shape[1])  # (B, S)
     target = mel.float()
     mel_term = _mel_distance(out.mel.float(), target, frame_mask, config.mel_loss)

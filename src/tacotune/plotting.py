@@ -56,8 +56,14 @@ def gate_figure(gate_logits: Tensor, threshold: float, title: str = "") -> Figur
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write a PNG and free the figure."""
+def save_figure(fig: Figure, path: Path, close: bool = True) -> None:
+    """Write a PNG and free the figure (unless `close` is False: then `close_figure` it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    if close:
+        plt.close(fig)
+
+
+def close_figure(fig: Figure) -> None:
+    """Free a figure's memory."""
     plt.close(fig)

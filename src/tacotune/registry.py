@@ -4,7 +4,7 @@ Layout of a registry root (``./registry``, ``$TACOTUNE_REGISTRY`` or an explicit
 
     ROOT/.lock                 flock target: version allocation and stage changes
     ROOT/NAME/.counter         the last version number handed out (numbers never repeat)
-    ROOT/NAME/vN/model.pt      hard link to (or copy of) the registered checkpoint
+    ROOT/NAME/vN/model.pt      a copy of the registered checkpoint
     ROOT/NAME/vN/config.yaml   the resolved config stored in the checkpoint
     ROOT/NAME/vN/metrics.json  the metrics given at registration
     ROOT/NAME/vN/meta.json     every `ModelVersion` field except the directory
@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import shlex
 import shutil
@@ -36,13 +35,14 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import save_config
 from tacotune.errors import CheckpointError, ConfigError, TacotuneError
-from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.files import copy_file_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("candidate", "production", "archived")
+STAGES = ("candidate", "production", "archived", "rejected")  # rejected: not a usable voice
 ENV_VAR = "TACOTUNE_REGISTRY"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _REF_FORMS = "NAME, NAME:VERSION, NAME:latest or NAME:STAGE (stages: " + ", ".join(STAGES) + ")"
@@ -118,7 +118,7 @@ class Registry:
             _place_checkpoint(Path(checkpoint), staging / "model.pt")
             payload = _load_payload(staging / "model.pt", Path(checkpoint))
             _write_config(payload, staging / "config.yaml", Path(checkpoint))
-            _write_json(staging / "metrics.json", clean_metrics)
+            write_json_atomic(staging / "metrics.json", clean_metrics)
             with self._locked():
                 number = self._allocate(name)
                 version = ModelVersion(
@@ -133,7 +133,7 @@ class Registry:
                     code_version=str(payload["code_version"]),
                     source=source,
                 )
-                _write_json(staging / "meta.json", version.meta())
+                write_json_atomic(staging / "meta.json", version.meta())
                 if stage == "production":
                     self._archive_production(name, keep=None)
                 os.rename(staging, version.directory)
@@ -191,7 +191,7 @@ class Registry:
             if stage == "production":
                 self._archive_production(target.name, keep=target.version)
             updated = dataclasses.replace(target, stage=stage)
-            _write_json(target.directory / "meta.json", updated.meta())
+            write_json_atomic(target.directory / "meta.json", updated.meta())
         log.info("promoted %s from %s to %s", updated.ref, target.stage, stage)
         return updated
 
@@ -207,7 +207,7 @@ class Registry:
         try:
             shutil.copy2(version.checkpoint, staging / "model.pt")
             shutil.copy2(version.directory / "config.yaml", staging / "config.yaml")
-            _write_json(staging / "meta.json", version.meta())
+            write_json_atomic(staging / "meta.json", version.meta())
             readme = export_readme(version, target.resolve())
             (staging / "README.md").write_text(readme, encoding="utf-8")
             if target.exists():  # appeared meanwhile; a rename would replace an empty one
@@ -237,7 +237,7 @@ class Registry:
         last = int(counter.read_text()) if counter.is_file() else 0
         existing = [int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit()]
         number = max([last, *existing]) + 1
-        _write_text_atomic(counter, str(number))
+        write_text_atomic(counter, str(number))
         return number
 
     def _archive_production(self, name: str, keep: int | None) -> None:
@@ -245,7 +245,7 @@ class Registry:
         for v in self.versions(name):
             if v.stage == "production" and v.version != keep:
                 archived = dataclasses.replace(v, stage="archived")
-                _write_json(v.directory / "meta.json", archived.meta())
+                write_json_atomic(v.directory / "meta.json", archived.meta())
                 log.info("archived %s (was production)", v.ref)
 
 
@@ -256,7 +256,10 @@ def versions_table(versions: Sequence[ModelVersion]) -> Table:
     for column in ("version", "stage", "score", "created"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     table.add_column("source", overflow="fold", min_width=8)
-    styles = {"production": "bold green", "candidate": "yellow", "archived": "dim"}
+    styles = {
+        **{"production": "bold green", "candidate": "yellow"},
+        **{"archived": "dim", "rejected": "bold red"},
+    }
     for v in versions:
         table.add_row(
             Text(v.name, style="bold"),
@@ -298,25 +301,19 @@ def export_readme(version: ModelVersion, directory: Path) -> str:
 
 
 def _place_checkpoint(source: Path, destination: Path) -> None:
-    """Hard-link `source` to `destination` (same file system), else copy it."""
+    """Copy `source` to `destination`: the version owns its bytes (see copy_file_atomic)."""
     if not source.is_file():
         what = "is a directory" if source.is_dir() else "does not exist"
         raise RegistryError(
             f"checkpoint {source} {what}; give a checkpoint file such as RUN/checkpoints/best.pt"
         )
-    try:
-        os.link(source, destination)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(source, destination)
+    copy_file_atomic(source, destination)
 
 
 def _load_payload(path: Path, shown: Path) -> dict[str, Any]:
     """The checkpoint payload, checked for what a registered version needs."""
     try:
         payload = load_checkpoint(path)
-    except pickle.UnpicklingError as error:  # garbage bytes; load_checkpoint lets it through
-        reason = "its bytes are not a torch checkpoint"
-        raise RegistryError(f"checkpoint {shown} cannot be registered: {reason}") from error
     except CheckpointError as error:
         reason = str(error).replace(str(path), str(shown))  # name the file the user gave
         raise RegistryError(f"checkpoint {shown} cannot be registered: {reason}") from error
@@ -363,24 +360,6 @@ def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _valid_name(name: str) -> bool:

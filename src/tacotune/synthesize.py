@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.data.dataset import pad_ids
+from tacotune.device import resolve_device
 from tacotune.errors import TextError
 from tacotune.model.tacotron2 import Tacotron2
 from tacotune.supervision.metrics import AlignmentMetrics, alignment_metrics
 from tacotune.text.frontend import TextFrontend, model_input_to_ids
-from tacotune.text.symbols import LETTERS, PAD_ID
-from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.text.symbols import LETTERS
 from tacotune.vocoder import GriffinLim, Vocoder
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,8 @@ class Synthesizer:
         vocoder: Vocoder | None = None,
         seed: int = 0,
     ) -> None:
-        """`checkpoint`: a .pt file, a run directory (uses checkpoints/best.pt) or a payload."""
+        """`checkpoint`: a .pt file, a run directory (uses checkpoints/best.pt) or a payload;
+        `device`: cpu, cuda or auto (cuda when available)."""
         payload = (
             checkpoint
             if isinstance(checkpoint, dict)
@@ -86,7 +89,7 @@ class Synthesizer:
         )
         self.config = checkpoint_config(payload)
         self.frontend = TextFrontend.from_state(payload["text_frontend"])
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = Tacotron2(self.config.model, payload["n_symbols"], self.config.audio.n_mels)
         self.model.load_state_dict(payload["model"])
         self.model.to(self.device).eval()
@@ -128,10 +131,7 @@ class Synthesizer:
     @torch.inference_mode()
     def decode(self, chunks: list[tuple[str, tuple[int, ...]]]) -> list[Piece]:
         """Decode (model input, ids) pairs in one batch."""
-        lengths = torch.tensor([len(ids) for _, ids in chunks])
-        text = torch.full((len(chunks), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for i, (_, ids) in enumerate(chunks):
-            text[i, : len(ids)] = torch.tensor(ids)
+        text, lengths = pad_ids([ids for _, ids in chunks])
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         out = self.model.infer(text.to(self.device), lengths.to(self.device), generator=generator)
         pieces = []

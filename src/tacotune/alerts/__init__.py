@@ -1,6 +1,6 @@
 """Alerts: selected run events become plain-text messages for Telegram, a webhook and the log.
 
-`AlertDispatcher.on_event` (a `RunTracker` listener) only formats an event and queues the
+`AlertDispatcher.on_event` (it is a `RunListener`) only formats an event and queues the
 `Alert`; one daemon thread delivers it to every notifier with a few retries, so a slow or dead
 server can neither block nor crash training. Summaries (`evaluation` events) are rate-limited.
 Secrets come only from the environment or a KEY=VALUE file; every error message built here goes
@@ -25,12 +25,15 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tacotune.alerts.messages import Alert, format_alert, real_number
 from tacotune.config.schema import AlertsConfig
 from tacotune.errors import TacotuneError
+from tacotune.names import Event, RunStatus
+from tacotune.runlog import RunListener
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ _QUEUE_SIZE = 100  # queued alerts; beyond it the oldest summary or the new aler
 _BACKOFF_SECONDS = 0.5  # first wait between attempts, doubled each time
 _MAX_WAIT_SECONDS = 5.0  # cap on the backoff and on a server's retry_after
 _MAX_TEXT = 3500  # characters per message (Telegram allows 4096 after escaping)
-_WARNING_EVENTS = frozenset({"rollback", "diverged", "early_stop"})
+_WARNING_EVENTS = frozenset({Event.ROLLBACK, Event.DIVERGED, Event.EARLY_STOP, Event.AUTO_FAILED})
 
 
 class AlertsError(TacotuneError):
@@ -187,7 +190,7 @@ class WebhookNotifier:
 
 
 class LogNotifier:
-    """The log: WARNING for rollback/diverged/early_stop, INFO otherwise."""
+    """The log: WARNING for rollback/diverged/early_stop/auto_failed, INFO otherwise."""
 
     name: str = "log"
 
@@ -198,7 +201,20 @@ class LogNotifier:
         log.log(level, "%s%s", alert.text, files)
 
 
-class AlertDispatcher:
+@dataclass(frozen=True)
+class Delivery:
+    """What happened to the alerts of a dispatcher, counted when it closed."""
+
+    failed: int  # (alert, notifier) deliveries that failed after all attempts
+    dropped: int  # alerts never handed to the notifiers (queue full, shutdown)
+
+    @property
+    def complete(self) -> bool:
+        """Every alert reached every notifier."""
+        return self.failed == 0 and self.dropped == 0
+
+
+class AlertDispatcher(RunListener):
     """Formats events on the caller's thread, delivers them on one daemon thread."""
 
     def __init__(
@@ -221,20 +237,24 @@ class AlertDispatcher:
         self._thread = threading.Thread(target=self._run, name="tacotune-alerts", daemon=True)
         self._thread.start()
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        """A RunTracker listener: format and enqueue; never blocks (delivery failures are
-        the worker's business; format_alert copes with any details an event carries)."""
-        if event.get("event") == "evaluation" and not self._summary_due():
+    def on_event(self, event: Mapping[str, Any]) -> None:
+        """Format and enqueue; never blocks (delivery failures are the worker's business;
+        format_alert copes with any details an event carries)."""
+        if event.get("event") == Event.EVALUATION and not self._summary_due():
             return
         alert = format_alert(event, self._run_dir, self._config.send_samples)
         if alert is not None:
             self._enqueue(alert)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def on_close(self, status: RunStatus) -> None:
+        """The run is over: deliver what is queued within alerts.timeout_seconds."""
+        self.close(timeout=self._config.timeout_seconds)
+
+    def close(self, timeout: float = 5.0) -> Delivery:
         """Deliver what is queued within `timeout` seconds, then stop the thread."""
         with self._cond:
             if self._closing:
-                return
+                return Delivery(self._failed, self._dropped)
             self._closing = True
             self._cond.notify_all()
         self._thread.join(max(timeout, 0.0))
@@ -246,6 +266,7 @@ class AlertDispatcher:
             failed, dropped = self._failed, self._dropped
         if failed or dropped:
             log.warning("alerts: %d deliveries failed, %d messages dropped", failed, dropped)
+        return Delivery(failed, dropped)
 
     def _summary_due(self) -> bool:
         every = self._config.summary_every_minutes * 60.0

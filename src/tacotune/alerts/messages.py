@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tacotune.names import Event
+
 log = logging.getLogger(__name__)
 
 _MAX_FACT = 300  # characters of one detail value
-_SAMPLE_EVENTS = frozenset({"finished", "aligned", "auto_finished"})
+_SAMPLE_EVENTS = frozenset({Event.FINISHED, Event.ALIGNED, Event.AUTO_FINISHED})
 _SAMPLE_FILES = ("probe_0_alignment.png", "probe_0.wav")
 
 
@@ -63,17 +65,19 @@ def _duration(value: Any) -> str:
 
 
 _HEADLINES = {  # alerted events and the start of their first line
-    "started": "started",
-    "resumed": "resumed",
-    "evaluation": "summary",
-    "best": "new best score",
-    "aligned": "attention aligned",
-    "rollback": "rollback",
-    "early_stop": "early stop",
-    "diverged": "training diverged",
-    "finished": "finished",
-    "interrupted": "interrupted",
-    "auto_finished": "voice ready (tacotune auto)",
+    Event.STARTED: "started",
+    Event.RESUMED: "resumed",
+    Event.EVALUATION: "summary",
+    Event.BEST: "new best score",
+    Event.ALIGNED: "attention aligned",
+    Event.VOICE_READY: "the voice says the words",
+    Event.ROLLBACK: "rollback",
+    Event.EARLY_STOP: "early stop",
+    Event.DIVERGED: "training diverged",
+    Event.FINISHED: "finished",
+    Event.INTERRUPTED: "interrupted",
+    Event.AUTO_FINISHED: "voice ready (tacotune auto)",
+    Event.AUTO_FAILED: "NO VOICE: the final model failed the quality gate (tacotune auto)",
 }
 _FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format; in this order
     "reason": ("reason", _num),
@@ -84,6 +88,8 @@ _FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format
     "parameters": ("parameters", _count),
     "dataset": ("dataset", _num),
     "score": ("score", _num),
+    "free/mcd_ratio": ("voice metric (0 = the recordings, 1 = chance)", _num),
+    "mcd_ratio": ("voice metric (0 = the recordings, 1 = chance)", _num),
     "free/aligned_rate": ("free-running samples aligned", _percent),
     "aligned_rate": ("free-running samples aligned", _percent),
     "val/mel_postnet": ("validation mel loss (postnet)", _num),
@@ -138,15 +144,15 @@ def _newest_samples(run_dir: Path) -> tuple[Path, ...]:
     return ()
 
 
-def format_alert(event: dict[str, Any], run_dir: Path, send_samples: bool) -> Alert | None:
+def format_alert(event: Mapping[str, Any], run_dir: Path, send_samples: bool) -> Alert | None:
     """The alert for a run event, or None for events that are not alerted."""
     name = event.get("event")
     if not isinstance(name, str) or name not in _HEADLINES:
         return None
-    if name == "rollback":  # everything in one line
+    if name == Event.ROLLBACK:  # everything in one line
         headline, facts = _rollback(event), []
     else:
-        headline = _HEADLINES[name] + _at(event.get("step"))
+        headline = _HEADLINES[Event(name)] + _at(event.get("step"))
         facts = [
             f"{label}: {fmt(event[key])}"
             for key, (label, fmt) in _FACTS.items()
@@ -154,4 +160,4 @@ def format_alert(event: dict[str, Any], run_dir: Path, send_samples: bool) -> Al
         ]
     text = "\n".join([f"tacotune run {run_dir.name or run_dir}: {headline}", *facts, *_best(event)])
     attachments = _newest_samples(run_dir) if send_samples and name in _SAMPLE_EVENTS else ()
-    return Alert(event=name, text=text, attachments=attachments)
+    return Alert(event=str(name), text=text, attachments=attachments)

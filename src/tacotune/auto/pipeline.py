@@ -1,39 +1,52 @@
 """`tacotune auto DATA_DIR -o OUT --budget MINUTES`: from data to a registered voice.
 
     1. prepare   DATA_DIR -> OUT/prepared; stops with the dataset report if unusable
-    2. tune      OUT/study, for TUNE_SHARE of what is left of the budget
-    3. train     OUT/final: the best settings, warm-started from the best trial's weights,
-                 for the rest of the budget (minus a reserve for the last steps)
-    4. register  OUT/registry, stage candidate (and the MLflow model registry)
-    5. speak     OUT/samples: the probe sentences, wav + alignment PNG each
-    6. report    OUT/report.md with plots
-    7. alert     the final notification
+    2. plan      measure this machine; choose the model size (unless --config) and how the
+                 budget splits between the search and the final model (auto/plan.py)
+    3. tune      OUT/study, when the plan has room for trials that can learn something
+    4. train     OUT/final: the best settings, warm-started from the best trial's weights,
+                 for the rest of the budget (minus a reserve for the stages after it)
+    5. register  OUT/registry: stage candidate if the voice passes the quality gate (its
+                 voice metric clearly below chance, its attention reaching the end of the
+                 texts), else stage rejected; the MLflow model registry only for a voice
+    6. speak     OUT/samples: the probe sentences, wav + alignment PNG each
+    7. report    OUT/report.md with plots: the plan and why, the search, the voice metric
+                 against steps and minutes, the gate's verdict, the budget
+    8. alert     the final notification (voice ready, or why there is none)
 
 OUT/auto.json records finished stages and the time spent; running the same command
-again after an interruption continues where it stopped, within the same budget.
+again after an interruption continues where it stopped, within the same budget. A model
+that fails the gate ends the command with an error (exit code 1), after the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tacotune.auto.plan import Plan, planned_config
+from tacotune.config.load import load_config
 from tacotune.config.schema import Config
+from tacotune.errors import TacotuneError
+from tacotune.files import write_json_atomic, write_text_atomic
+from tacotune.names import AutoStage, Event
+from tacotune.runlog import read_jsonl
 from tacotune.tracking.mlflow import default_uri
 from tacotune.tuning.space import apply
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "auto.json"
-TUNE_SHARE = 0.55  # of the budget left after preparing the data
-RESERVE_SECONDS = 45.0  # kept back from training for registration, samples and the report
+RESERVE_SECONDS = 60.0  # kept back for the final evaluation, registration, samples, report
+MIN_FINAL_MINUTES = 1.0  # the final model trains at least this long, whatever is left
+MIN_REACHED_END = 0.5  # the quality gate: share of texts whose end the attention must reach
 
 
 @dataclass
@@ -44,6 +57,7 @@ class AutoState:
     budget_seconds: float
     spent_seconds: float = 0.0
     stages: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # facts an unfinished stage needs
 
     @classmethod
     def load(cls, out_dir: Path, budget_minutes: float) -> AutoState:
@@ -56,7 +70,13 @@ class AutoState:
                     "continuing with this run's original budget of %.1f min",
                     saved["budget_seconds"] / 60,
                 )
-            return cls(path, saved["budget_seconds"], saved["spent_seconds"], saved["stages"])
+            return cls(
+                path,
+                saved["budget_seconds"],
+                saved["spent_seconds"],
+                saved["stages"],
+                saved.get("context", {}),
+            )
         return cls(path, budget_minutes * 60)
 
     @property
@@ -64,13 +84,28 @@ class AutoState:
         """Seconds of budget not yet spent."""
         return max(0.0, self.budget_seconds - self.spent_seconds)
 
-    def done(self, stage: str) -> Any:
+    def done(self, stage: AutoStage) -> Any:
         """The facts a finished stage recorded, or None."""
         return self.stages.get(stage)
 
+    def budget_facts(self) -> dict[str, Any]:
+        """Minutes of budget, spent so far, over (0 when within it), and per stage."""
+        return {
+            "budget_minutes": self.budget_seconds / 60,
+            "spent_minutes": self.spent_seconds / 60,
+            "over_minutes": max(0.0, self.spent_seconds - self.budget_seconds) / 60,
+            "stage_minutes": {name: f["seconds"] / 60 for name, f in self.stages.items()},
+        }
+
+    def remember(self, key: str, value: Any) -> None:
+        """Save a fact at once (e.g. an MLflow run id) for a stage that may be interrupted."""
+        self.context[key] = value
+        self._save()
+
     @contextmanager
-    def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage (even when it is interrupted) and record its facts when it ends."""
+    def stage(self, name: AutoStage) -> Iterator[dict[str, Any]]:
+        """Time a stage (even when it is interrupted) and record its facts when it ends;
+        `seconds` in the facts is its time over every attempt."""
         facts: dict[str, Any] = {}
         started = time.monotonic()
         log.info("auto: %s (%.1f min of budget left)", name, self.left / 60)
@@ -78,7 +113,10 @@ class AutoState:
             yield facts
             self.stages[name] = facts
         finally:
-            self.spent_seconds += time.monotonic() - started
+            seconds = time.monotonic() - started
+            self.spent_seconds += seconds
+            self.context[f"{name}_seconds"] = self.context.get(f"{name}_seconds", 0.0) + seconds
+            facts["seconds"] = self.context[f"{name}_seconds"]
             self._save()
 
     def _save(self) -> None:
@@ -86,47 +124,93 @@ class AutoState:
             "budget_seconds": self.budget_seconds,
             "spent_seconds": self.spent_seconds,
             "stages": self.stages,
+            "context": self.context,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.path)
+        write_json_atomic(self.path, data)
+
+
+class NoVoiceError(TacotuneError):
+    """`tacotune auto` trained a model that fails the quality gate: it is not a voice."""
 
 
 def run_auto(
-    config: Config,
+    config: Config | None,
     data_dir: str | Path,
     out_dir: str | Path,
     budget_minutes: float,
+    *,
+    overrides: Sequence[str] = (),
     name: str | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Every stage in order, skipping the ones already done; returns the report facts."""
+    """Every stage in order, skipping the ones already done; returns the stages' facts.
+
+    `config` None lets the plan choose the preset for this machine and data (with
+    `overrides` applied to it); a config given explicitly is used as it is. Raises
+    NoVoiceError at the end when the final model fails the quality gate.
+    """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     state = AutoState.load(out, budget_minutes)
     name = name or Path(data_dir).resolve().name
-    mlflow_uri = config.tracking.mlflow_uri or default_uri(out)
-    config = apply(config, {"tracking.mlflow_uri": mlflow_uri})
-    stages: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
-        ("prepare", lambda f: _prepare(config, Path(data_dir), out, f)),
-        ("tune", lambda f: _tune(config, out, state, workers, f)),
-        ("train", lambda f: _train(config, out, state, f)),
-        ("register", lambda f: _register(out, name, mlflow_uri, state, f)),
-        ("speak", lambda f: _speak(config, out, f)),
-        ("report", lambda f: _report(out, name, state, f)),
-        ("alert", lambda f: _alert(config, out, name, state, f)),
+    base = config if config is not None else load_config(None, overrides)
+    job = AutoJob(out, name, state, base, explicit=config is not None, overrides=overrides)
+    stages: list[tuple[AutoStage, Callable[[dict[str, Any]], None]]] = [
+        (AutoStage.PREPARE, lambda f: _prepare(job, Path(data_dir), f)),
+        (AutoStage.PLAN, lambda f: _plan(job, f)),
+        (AutoStage.TUNE, lambda f: _tune(job, workers, f)),
+        (AutoStage.TRAIN, lambda f: _train(job, f)),
+        (AutoStage.REGISTER, lambda f: _register(job, f)),
+        (AutoStage.SPEAK, lambda f: _speak(job, f)),
+        (AutoStage.REPORT, lambda f: _report(job, f)),
+        (AutoStage.ALERT, lambda f: _alert(job, f)),
     ]
     for stage, run in stages:
         if state.done(stage) is None:
             with state.stage(stage) as facts:
                 run(facts)
+    gate = state.done(AutoStage.REGISTER)["gate"]
+    if not gate["usable"]:
+        raise NoVoiceError(
+            f"the final model is not a voice ({gate['verdict']}); it is registered as "
+            f"{state.done(AutoStage.REGISTER)['ref']} (stage rejected); see {out / 'report.md'}"
+        )
     return state.stages
 
 
-def _prepare(config: Config, data_dir: Path, out: Path, facts: dict[str, Any]) -> None:
+@dataclass
+class AutoJob:
+    """What every stage of one `tacotune auto` run shares."""
+
+    out: Path
+    name: str
+    state: AutoState
+    base: Config  # the explicit config, or the defaults with the overrides
+    explicit: bool  # --config was given: it wins over the plan's preset
+    overrides: Sequence[str]
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The job's MLflow store: the config's, else OUT/mlflow.db."""
+        return self.base.tracking.mlflow_uri or default_uri(self.out)
+
+    def config(self) -> Config:
+        """The config every stage after the plan uses: the chosen preset (or --config) with
+        the plan's search and the job's MLflow store."""
+        plan = self.state.done(AutoStage.PLAN)
+        config = self.base
+        if plan is not None and not self.explicit:
+            config = load_config(f"{plan['preset']}.yaml", self.overrides)
+        config = apply(config, {"tracking.mlflow_uri": self.mlflow_uri})
+        if plan is None:
+            return config
+        return planned_config(config, Plan.from_facts(plan))
+
+
+def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
     from tacotune.data.prepare import prepare_dataset
 
-    totals = prepare_dataset(data_dir, out / "prepared", config).report["totals"]
+    totals = prepare_dataset(data_dir, job.out / "prepared", job.base).report["totals"]
     facts.update(
         rows=totals["rows"],
         kept=totals["kept"],
@@ -135,43 +219,80 @@ def _prepare(config: Config, data_dir: Path, out: Path, facts: dict[str, Any]) -
     )
 
 
-def _tune(config: Config, out: Path, state: AutoState, workers: int, facts: dict[str, Any]) -> None:
+def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
+    from tacotune.auto.plan import choose_preset, detect_hardware, make_plan
+    from tacotune.train.throughput import measure_step_rate
+
+    hardware = detect_hardware()
+    hours = job.state.done(AutoStage.PREPARE)["hours"]
+    reasons = [f"hardware: {hardware.describe()}; {hours:.2f} h of speech"]
+    if job.explicit:
+        preset, config = "", job.base
+        reasons.append("model: your --config (an explicit config always wins)")
+    else:
+        preset, why = choose_preset(hardware, hours)
+        config = load_config(f"{preset}.yaml", job.overrides)
+        reasons.append(f"model: {why}")
+    rate = measure_step_rate(config, job.out / "prepared").steps_per_second
+    reasons.append(f"measured here: {rate:.2f} training steps per second")
+    minutes = (job.state.left - RESERVE_SECONDS) / 60
+    plan = make_plan(config, preset, rate, minutes, reasons)
+    for reason in plan.reasons:
+        log.info("auto plan: %s", reason)
+    facts.update(dataclasses.asdict(plan), hardware=dataclasses.asdict(hardware))
+
+
+def _tune(job: AutoJob, workers: int, facts: dict[str, Any]) -> None:
+    plan = job.state.done(AutoStage.PLAN)
+    if plan["trials"] == 0:
+        facts.update(best_trial=None, best_value=None, best_values={}, counts={}, skipped=True)
+        return
     from tacotune.tuning import run_study
 
-    window = TUNE_SHARE * state.left
-    per_trial = window / math.ceil(config.tuning.trials / workers)
-    minutes = config.tuning.trial_max_minutes or per_trial / 60
-    tuned = apply(config, {"tuning.trial_max_minutes": min(minutes, per_trial / 60)})
-    result = run_study(tuned, out / "prepared", out / "study", workers=workers, timeout=window)
+    config = job.config()
+    window = min(plan["tune_minutes"] * 60, job.state.left - RESERVE_SECONDS)
+    result = run_study(
+        config, job.out / "prepared", job.out / "study", workers=workers, timeout=window
+    )
     facts.update(
         best_trial=result.best_trial,
         best_value=result.best_value,
         best_values=result.best_values,
         counts=result.counts,
+        skipped=False,
     )
 
 
-def _train(config: Config, out: Path, state: AutoState, facts: dict[str, Any]) -> None:
+def _train(job: AutoJob, facts: dict[str, Any]) -> None:
+    from tacotune.tracking import run_listeners
+    from tacotune.tracking.mlflow import MlflowRun
     from tacotune.train import resume, train
 
-    tuned = state.done("tune")
-    minutes = max(1.0, (state.left - RESERVE_SECONDS) / 60)
-    final = out / "final"
+    tuned, state = job.state.done(AutoStage.TUNE), job.state
+    minutes = max(MIN_FINAL_MINUTES, (state.left - RESERVE_SECONDS) / 60)
+    final = job.out / "final"
+    settings = apply(
+        job.config(),
+        {**tuned["best_values"], "train.max_minutes": minutes, "tracking.mlflow": True},
+    )
+    uri, experiment = settings.tracking.mlflow_uri, settings.tracking.mlflow_experiment
+    mlflow = MlflowRun(uri, experiment, run_id=state.context.get("final_run_id"), run_name="final")
+    state.remember("final_run_id", mlflow.run_id)
+    listeners = run_listeners(settings, final, mlflow_run=mlflow)
     if (final / "checkpoints" / "last.pt").exists():  # an interrupted final training
-        result = resume(final, out / "prepared", [f"train.max_minutes={minutes}"])
+        overrides = [f"train.max_minutes={minutes}"]
+        result = resume(final, job.out / "prepared", overrides, listeners=listeners)
     else:
-        settings = apply(
-            config, {**tuned["best_values"], "train.max_minutes": minutes, "tracking.mlflow": True}
-        )
-        start = _best_trial_weights(out, tuned["best_trial"])
-        if start is None:
+        start = _best_trial_weights(job.out, tuned["best_trial"])
+        if start is None and not tuned["skipped"]:
             log.warning("auto: no trial completed; the final model starts from scratch")
-        result = train(settings, out / "prepared", final, warm_start=start)
+        result = train(settings, job.out / "prepared", final, warm_start=start, listeners=listeners)
     facts.update(
         step=result.step,
-        stop_reason=result.stop_reason,
+        stop_reason=str(result.stop_reason),
         best_score=result.best_score,
         best_step=result.best_step,
+        mlflow_run_id=mlflow.run_id,
     )
 
 
@@ -182,105 +303,135 @@ def _best_trial_weights(out: Path, trial: int | None) -> Path | None:
     return path if path.exists() else None
 
 
-def _register(
-    out: Path, name: str, mlflow_uri: str, state: AutoState, facts: dict[str, Any]
-) -> None:
-    from tacotune.registry import Registry
-
-    final = state.done("train")
-    version = Registry(out / "registry").register(
-        name,
-        out / "final" / "checkpoints" / "model.pt",
-        score=final["best_score"],
-        metrics={"best_score": final["best_score"], "steps": float(final["step"])},
-        source=str(out / "final"),
+def quality_gate(run_dir: Path, best_step: int, usable_ratio: float) -> dict[str, Any]:
+    """Whether the run's best evaluation is a voice: its voice metric clearly below chance
+    (<= usable_ratio) and its attention reaching the end of most texts without running
+    into the step limit. Returns {"usable", "verdict", and the numbers it judged}."""
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("step") == best_step]
+    best = records[-1] if records else {}
+    ratio = best.get("free/mcd_ratio")
+    reached = best.get("free/reached_end")
+    limited = best.get("free/max_steps_rate")
+    problems = []
+    if ratio is None or ratio > usable_ratio:
+        shown = "none" if ratio is None else f"{ratio:.2f}"
+        problems.append(
+            f"its voice metric is {shown} (chance is ~1; a voice needs <= {usable_ratio:g})"
+        )
+    if reached is None or reached < MIN_REACHED_END:
+        problems.append("its attention does not reach the end of most texts")
+    if limited is not None and limited >= MIN_REACHED_END:
+        problems.append("most decodes run into the step limit")
+    verdict = "; ".join(problems) or (
+        f"voice metric {ratio:.2f} (<= {usable_ratio:g}), attention reaches the end"
     )
-    facts.update(ref=version.ref, mlflow_version=_register_in_mlflow(out, name, mlflow_uri))
+    return {
+        "usable": not problems,
+        "verdict": verdict,
+        "mcd_ratio": ratio,
+        "reached_end": reached,
+        "max_steps_rate": limited,
+        "step": best_step,
+    }
 
 
-def _register_in_mlflow(out: Path, name: str, uri: str) -> str | None:
-    from tacotune.tracking import read_jsonl
+def _register(job: AutoJob, facts: dict[str, Any]) -> None:
+    from tacotune.registry import Registry
     from tacotune.tracking.mlflow import register_model
 
-    started = read_jsonl(out / "final" / "events.jsonl")
-    run_ids = [e["mlflow_run_id"] for e in started if e.get("mlflow_run_id")]
-    return register_model(uri, name, run_ids[-1], "model/model.pt") if run_ids else None
+    final = job.state.done(AutoStage.TRAIN)
+    usable_ratio = job.config().supervision.usable_ratio
+    gate = quality_gate(job.out / "final", final["best_step"], usable_ratio)
+    stage = "candidate" if gate["usable"] else "rejected"
+    if not gate["usable"]:
+        log.error("auto: the final model is NOT a voice: %s", gate["verdict"])
+    version = Registry(job.out / "registry").register(
+        job.name,
+        job.out / "final" / "checkpoints" / "model.pt",
+        score=final["best_score"],
+        metrics={
+            "best_score": final["best_score"],
+            "steps": float(final["step"]),
+            **({"mcd_ratio": gate["mcd_ratio"]} if gate["mcd_ratio"] is not None else {}),
+        },
+        source=str(job.out / "final"),
+        stage=stage,
+    )
+    mlflow_version = (
+        register_model(job.mlflow_uri, job.name, final["mlflow_run_id"], "model/model.pt")
+        if gate["usable"]
+        else None
+    )
+    facts.update(ref=version.ref, stage=stage, gate=gate, mlflow_version=mlflow_version)
 
 
-def _speak(config: Config, out: Path, facts: dict[str, Any]) -> None:
+def _speak(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.audio import save_wav
     from tacotune.plotting import alignment_figure, save_figure
     from tacotune.synthesize import Synthesizer
 
-    synthesizer = Synthesizer(out / "final" / "checkpoints" / "model.pt")
+    synthesizer = Synthesizer(job.out / "final" / "checkpoints" / "model.pt")
     samples = []
-    texts = list(config.train.probe_sentences)
+    (job.out / "samples").mkdir(exist_ok=True)
+    texts = list(job.config().train.probe_sentences)
     for index, speech in enumerate(synthesizer.speak_all(texts)):
         wav, png = f"samples/probe_{index}.wav", f"samples/probe_{index}_alignment.png"
-        (out / "samples").mkdir(exist_ok=True)
-        save_wav(out / wav, speech.audio, speech.sample_rate)
-        save_figure(
-            alignment_figure(speech.pieces[0].alignment, speech.pieces[0].text[:80]), out / png
-        )
+        save_wav(job.out / wav, speech.audio, speech.sample_rate)
+        piece = speech.pieces[0]
+        save_figure(alignment_figure(piece.alignment, piece.text[:80]), job.out / png)
         samples.append({"text": speech.text, "wav": wav, "png": png, "complete": speech.complete})
     facts["samples"] = samples
 
 
-def _report(out: Path, name: str, state: AutoState, facts: dict[str, Any]) -> None:
+def _report(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.auto import report
 
-    study = dict(state.done("tune"))
-    summary = json.loads((out / "study" / "summary.json").read_text(encoding="utf-8"))
-    report.optimization_history(summary["trials"], out / "optimization_history.png")
-    importances, note = _importances(out)
-    report.importance_plot(importances, out / "importances.png")
-    study["importance_note"] = note
+    out, state = job.out, job.state
+    study = dict(state.done(AutoStage.TUNE))
+    if not study["skipped"]:
+        from tacotune.tuning.study import setting_importances
+
+        summary = json.loads((out / "study" / "summary.json").read_text(encoding="utf-8"))
+        report.optimization_history(summary["trials"], out / "optimization_history.png")
+        importances, study["importance_note"] = setting_importances(out / "study")
+        report.importance_plot(importances, out / "importances.png")
     report.training_curves(out / "final", out / "training_curves.png")
     text = report.render(
         out,
         {
-            "name": name,
-            "data": state.done("prepare"),
+            "name": job.name,
+            "data": state.done(AutoStage.PREPARE),
+            "plan": state.done(AutoStage.PLAN),
             "study": study,
-            "final": state.done("train"),
-            "registered": state.done("register")["ref"],
-            "samples": state.done("speak")["samples"],
+            "final": state.done(AutoStage.TRAIN),
+            "registered": state.done(AutoStage.REGISTER),
+            "samples": state.done(AutoStage.SPEAK)["samples"],
+            "budget": state.budget_facts(),
         },
     )
-    (out / "report.md").write_text(text, encoding="utf-8")
+    write_text_atomic(out / "report.md", text)
     facts["report"] = str(out / "report.md")
 
 
-def _importances(out: Path) -> tuple[dict[str, float], str]:
-    import optuna
-
-    from tacotune.config.load import load_config
-    from tacotune.tuning.storage import load_or_create_study
-
-    meta = json.loads((out / "study" / "study.json").read_text(encoding="utf-8"))
-    study = load_or_create_study(
-        meta["name"], meta["storage"], load_config(out / "study" / "config.yaml").tuning
-    )
-    try:
-        return dict(optuna.importance.get_param_importances(study)), ""
-    except (ValueError, RuntimeError) as error:  # too few completed trials to fit fANOVA
-        return {}, f"Setting importances need more completed trials ({error})."
-
-
-def _alert(config: Config, out: Path, name: str, state: AutoState, facts: dict[str, Any]) -> None:
+def _alert(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.alerts import build_dispatcher
 
-    dispatcher = build_dispatcher(config.alerts, out)
-    final = state.done("train")
+    config = job.config()
+    dispatcher = build_dispatcher(config.alerts, job.out)
+    final, registered = job.state.done(AutoStage.TRAIN), job.state.done(AutoStage.REGISTER)
+    usable = registered["gate"]["usable"]
     dispatcher.on_event(
         {
             "time": time.time(),
             "step": final["step"],
-            "event": "auto_finished",
-            "reason": f"registered as {state.done('register')['ref']}",
+            "event": Event.AUTO_FINISHED if usable else Event.AUTO_FAILED,
+            "reason": f"registered as {registered['ref']} (stage {registered['stage']})"
+            if usable
+            else f"no voice: {registered['gate']['verdict']}",
+            "mcd_ratio": registered["gate"]["mcd_ratio"],
             "best_score": final["best_score"],
-            "report": str(out / "report.md"),
+            "report": str(job.out / "report.md"),
         }
     )
-    dispatcher.close(timeout=config.alerts.timeout_seconds)
-    facts["sent"] = True
+    delivery = dispatcher.close(timeout=config.alerts.timeout_seconds)
+    facts.update(delivered=delivery.complete, failed=delivery.failed, dropped=delivery.dropped)

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from tacotune.plotting import save_figure
-from tacotune.tracking import read_jsonl
+from tacotune.runlog import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,25 @@ def importance_plot(importances: dict[str, float], path: Path) -> bool:
 
 
 def training_curves(run_dir: Path, path: Path) -> bool:
-    """Score, validation mel loss and aligned share against steps; False without metrics."""
+    """The voice metric against steps and against minutes, the score, the validation mel
+    loss and the aligned share; False without metrics."""
     records = read_jsonl(run_dir / "metrics.jsonl")
     if not records:
         return False
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
-    for ax, key in zip(axes, ("score", "val/mel_postnet", "free/aligned_rate"), strict=True):
-        ax.plot(steps, [r.get(key) if r.get(key) is not None else math.nan for r in records])
+    minutes = [(r.get("time/train_seconds") or 0.0) / 60 for r in records]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3))
+    ratio = _series(records, "free/mcd_ratio")
+    axes[0].plot(steps, ratio, marker=".")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("voice metric (MCD ratio, 1 = chance)", fontsize=9)
+    axes[1].plot(minutes, ratio, marker=".")
+    axes[1].set_xlabel("training minutes")
+    axes[1].set_title("voice metric against time", fontsize=9)
+    for ax in axes[:2]:
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    for ax, key in zip(axes[2:], ("score", "free/aligned_rate"), strict=True):
+        ax.plot(steps, _series(records, key), marker=".")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -77,20 +88,60 @@ def training_curves(run_dir: Path, path: Path) -> bool:
     return True
 
 
+def _series(records: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] if r.get(key) is not None else math.nan for r in records]
+
+
 def render(out_dir: Path, facts: dict[str, Any]) -> str:
-    """The markdown report; `facts` is what auto.py gathered (see there)."""
-    data, study, final = facts["data"], facts["study"], facts["final"]
+    """The markdown report; `facts` is what auto/pipeline.py gathered (see there)."""
+    data, plan, final = facts["data"], facts["plan"], facts["final"]
+    registered, gate = facts["registered"], facts["registered"]["gate"]
+    verdict = (
+        f"**A voice** ({gate['verdict']}): registered as `{registered['ref']}`, stage candidate."
+        if gate["usable"]
+        else f"**NOT A VOICE**: {gate['verdict']}. Registered as `{registered['ref']}` with "
+        "stage *rejected* so that nobody mistakes it for a usable voice; give `auto` more "
+        "time or more data (see the plan below)."
+    )
     lines = [
         f"# tacotune auto: {facts['name']}",
+        "",
+        verdict,
         "",
         f"Data: {data['kept']} utterances kept of {data['rows']} ({data['hours']:.2f} h), "
         f"{data['excluded']} excluded — see `prepared/report.md`.",
         "",
-        "## Search",
+        "## Plan",
         "",
-        f"Trials: {study['counts']}.",
+        *[f"- {reason}" for reason in plan["reasons"]],
+        "",
+        *_search(out_dir, facts["study"]),
+        "## Final model",
+        "",
+        f"Trained {final['step']} steps ({final['stop_reason']}); best score "
+        f"{final['best_score']:.4f} at step {final['best_step']}, voice metric "
+        f"{_ratio(gate['mcd_ratio'])} there (0 = the recordings, ~1 = chance).",
         "",
     ]
+    if (out_dir / "training_curves.png").exists():
+        lines += ["![Training curves](training_curves.png)", ""]
+    lines += ["## Samples", "", "| text | audio | alignment | complete |", "|---|---|---|---|"]
+    for sample in facts["samples"]:
+        lines.append(
+            f"| {sample['text']} | [{sample['wav']}]({sample['wav']}) | "
+            f"![]({sample['png']}) | {'yes' if sample['complete'] else 'NO'} |"
+        )
+    budget = facts["budget"]
+    lines += ["", "## Budget", "", _budget_line(budget), "", "| stage | minutes |", "|---|---|"]
+    lines += [f"| {name} | {minutes:.1f} |" for name, minutes in budget["stage_minutes"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _search(out_dir: Path, study: dict[str, Any]) -> list[str]:
+    lines = ["## Search", ""]
+    if study["skipped"]:
+        return [*lines, "No search: the plan gave all the time to the final model.", ""]
+    lines += [f"Trials: {study['counts']}.", ""]
     if study["best_trial"] is not None:
         lines += [f"Best trial {study['best_trial']}, score {study['best_value']:.4f}:", ""]
         lines += [f"- `{k}` = {v}" for k, v in study["best_values"].items()] + [""]
@@ -104,20 +155,18 @@ def render(out_dir: Path, facts: dict[str, Any]) -> str:
             lines += [f"![{caption}]({image})", ""]
     if study.get("importance_note"):
         lines += [study["importance_note"], ""]
-    lines += [
-        "## Final model",
-        "",
-        f"Trained {final['step']} steps ({final['stop_reason']}); best score "
-        f"{final['best_score']:.4f} at step {final['best_step']}; registered as "
-        f"`{facts['registered']}` (stage candidate).",
-        "",
-    ]
-    if (out_dir / "training_curves.png").exists():
-        lines += ["![Training curves](training_curves.png)", ""]
-    lines += ["## Samples", "", "| text | audio | alignment | complete |", "|---|---|---|---|"]
-    for sample in facts["samples"]:
-        lines.append(
-            f"| {sample['text']} | [{sample['wav']}]({sample['wav']}) | "
-            f"![]({sample['png']}) | {'yes' if sample['complete'] else 'NO'} |"
+    return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
+
+
+def _budget_line(budget: dict[str, Any]) -> str:
+    used = f"{budget['spent_minutes']:.1f} of {budget['budget_minutes']:.1f} minutes"
+    if budget["over_minutes"] > 0:
+        return (
+            f"Over budget: {used} ({budget['over_minutes']:.1f} min over, before this "
+            "report); the stages took:"
         )
-    return "\n".join(lines) + "\n"
+    return f"Within budget: {used} before this report; the stages took:"

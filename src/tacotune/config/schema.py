@@ -141,8 +141,11 @@ class TrainConfig:
 class SupervisionConfig:
     """Evaluation, the composite score, early stopping and the divergence guard."""
 
-    score_alignment_weight: float = 1.0  # score = val mel loss + this * (1 - free-running quality)
-    free_running_val_utterances: int = 4  # validation utterances also decoded free-running
+    score_alignment_weight: float = 0.5  # score = voice metric + this * (1 - attention quality)
+    free_running_val_utterances: int = 8  # validation utterances decoded free-running and
+    # compared with their recordings: the voice metric (free/mcd_ratio) is their mean
+    voice_ready_ratio: float = 0.6  # event voice_ready when free/mcd_ratio first reaches this
+    usable_ratio: float = 0.9  # above this voice metric a model is no voice (chance is ~1)
     patience: int = (
         10  # evaluations without improving the score by min_delta before stopping; 0: off
     )
@@ -180,8 +183,9 @@ def _choice(key: str, *choices: int | float | bool | str) -> SearchDimension:
     return SearchDimension(key, choices=choices)
 
 
-# Settings a study may tune: each is proven to change the model, the loss or the optimizer
-# by tests/test_tuning.py. Anything else is rejected by Config.validate().
+# Settings a study may tune: tests/test_tuning.py proves that each one changes the model, the
+# loss, the optimizer or the batches (batch size and clipping through real training steps).
+# Anything else is rejected by Config.validate().
 TUNABLE = frozenset(
     {
         "train.learning_rate",
@@ -346,6 +350,14 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     need(t.max_steps >= 1, "train.max_steps must be >= 1")
     need(t.grad_clip > 0, "train.grad_clip must be > 0")
     sv = cfg.supervision
+    need(
+        sv.free_running_val_utterances >= 1,
+        "supervision.free_running_val_utterances must be >= 1 (the voice metric needs them)",
+    )
+    need(
+        0 < sv.voice_ready_ratio <= sv.usable_ratio,
+        "supervision needs 0 < voice_ready_ratio <= usable_ratio",
+    )
     need(0 < sv.aligned_share <= 1, "supervision.aligned_share must be in (0, 1]")
     need(0 < sv.rollback_lr_factor < 1, "supervision.rollback_lr_factor must be in (0, 1)")
     need(sv.max_bad_steps >= 1, "supervision.max_bad_steps must be >= 1")
@@ -379,6 +391,17 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
         problems.append("tuning.space lists a setting twice")
     if tuning.trials < 1 or tuning.trial_max_steps < 1:
         problems.append("tuning.trials and tuning.trial_max_steps must be >= 1")
+    categorical = [d.key for d in tuning.space if d.choices]
+    if tuning.sampler == "cmaes" and categorical:
+        problems.append(
+            f"tuning.sampler=cmaes handles continuous ranges only, but {categorical} are "
+            "choices; use tuning.sampler=tpe or turn them into ranges"
+        )
+    if tuning.pruner == "hyperband" and tuning.trial_max_steps <= tuning.prune_after_step:
+        problems.append(
+            "tuning.pruner=hyperband needs tuning.trial_max_steps above "
+            "tuning.prune_after_step (its smallest budget)"
+        )
     return problems
 
 

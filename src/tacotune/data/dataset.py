@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from tacotune.text.symbols import PAD_ID
 class Batch:
     """A padded batch; lengths are the real ones."""
 
-    ids: list[str]
+    ids: list[str]  # the utterance ids, in batch order
     text: Tensor  # (B, N) long, padded with PAD_ID
     text_lengths: Tensor  # (B,) characters including EOS
     mel: Tensor  # (B, n_mels, T) float, padded with silence; T % pad_multiple == 0
@@ -57,7 +58,24 @@ def encode_manifest_text(text: str, utterance_id: str) -> list[int]:
         ) from error
 
 
-class TextMelDataset(Dataset[tuple[Tensor, Tensor]]):
+class Item(NamedTuple):
+    """One utterance as the dataset yields it."""
+
+    id: str
+    text: Tensor  # (N,) symbol ids, EOS included
+    mel: Tensor  # (n_mels, T) log-mel
+
+
+def pad_ids(sequences: Sequence[Sequence[int] | Tensor]) -> tuple[Tensor, Tensor]:
+    """Symbol-id sequences -> (B, N) long padded with PAD_ID, and their (B,) lengths."""
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    text = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        text[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return text, lengths
+
+
+class TextMelDataset(Dataset[Item]):
     """(ids, mel) pairs from manifest entries; text is encoded up front so errors come early."""
 
     def __init__(self, entries: Sequence[ManifestEntry], root: Path) -> None:
@@ -71,8 +89,8 @@ class TextMelDataset(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """(N,) ids and (n_mels, T) log-mel."""
+    def __getitem__(self, index: int) -> Item:
+        """The utterance's id, (N,) symbol ids and (n_mels, T) log-mel."""
         entry = self.entries[index]
         mel = np.load(self.root / entry.mel_path)
         if mel.shape[1] != entry.n_frames:
@@ -80,26 +98,24 @@ class TextMelDataset(Dataset[tuple[Tensor, Tensor]]):
                 f"{entry.mel_path} has {mel.shape[1]} frames, the manifest says "
                 f"{entry.n_frames}; run `tacotune prepare` again"
             )
-        return torch.tensor(self.texts[index]), torch.from_numpy(mel)
+        return Item(entry.id, torch.tensor(self.texts[index]), torch.from_numpy(mel))
 
 
 class Collate:
-    """Pads a list of (ids, mel) into a Batch (a class so DataLoader workers can pickle it)."""
+    """Pads a list of Items into a Batch (a class so DataLoader workers can pickle it)."""
 
     def __init__(self, pad_multiple: int) -> None:
         self.pad_multiple = pad_multiple
 
-    def __call__(self, items: list[tuple[Tensor, Tensor]], ids: list[str] | None = None) -> Batch:
-        text_lengths = torch.tensor([len(t) for t, _ in items])
-        mel_lengths = torch.tensor([m.shape[1] for _, m in items])
-        n_mels = items[0][1].shape[0]
+    def __call__(self, items: list[Item]) -> Batch:
+        text, text_lengths = pad_ids([item.text for item in items])
+        mel_lengths = torch.tensor([item.mel.shape[1] for item in items])
+        n_mels = items[0].mel.shape[0]
         frames = math.ceil(int(mel_lengths.max()) / self.pad_multiple) * self.pad_multiple
-        text = torch.full((len(items), int(text_lengths.max())), PAD_ID, dtype=torch.long)
         mel = torch.full((len(items), n_mels, frames), SILENCE_LOG_MEL)
-        for i, (t, m) in enumerate(items):
-            text[i, : len(t)] = t
-            mel[i, :, : m.shape[1]] = m
-        return Batch(ids or [], text, text_lengths, mel, mel_lengths)
+        for i, item in enumerate(items):
+            mel[i, :, : item.mel.shape[1]] = item.mel
+        return Batch([item.id for item in items], text, text_lengths, mel, mel_lengths)
 
 
 class BucketBatchSampler(Sampler[list[int]]):

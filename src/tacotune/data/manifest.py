@@ -20,6 +20,7 @@ from typing import Any
 from tacotune.config.load import load_config
 from tacotune.config.schema import AudioConfig, Config
 from tacotune.errors import DatasetError
+from tacotune.files import write_text_atomic
 
 MANIFEST = "manifest.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -68,9 +69,7 @@ def audio_config_hash(audio: AudioConfig) -> str:
 def write_manifest(path: Path, entries: list[ManifestEntry]) -> str:
     """Write JSONL atomically; return the dataset fingerprint (hash of the content)."""
     text = "".join(json.dumps(dataclasses.asdict(e), ensure_ascii=False) + "\n" for e in entries)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text)
     return fingerprint(text)
 
 

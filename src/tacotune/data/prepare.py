@@ -49,6 +49,7 @@ from tacotune.data.manifest import (
 )
 from tacotune.data.report import build_report, write_report
 from tacotune.errors import AudioError, DatasetError, TextError
+from tacotune.files import write_text_atomic
 from tacotune.text.frontend import TextFrontend
 from tacotune.text.symbols import LETTERS
 
@@ -355,9 +356,5 @@ def _load_cache(root: Path) -> dict[str, Analysis]:
 
 
 def _save_cache(root: Path, analyses: list[Analysis]) -> None:
-    path = root / CACHE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = (json.dumps(dataclasses.asdict(a), ensure_ascii=False) + "\n" for a in analyses)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(root / CACHE_FILE, "".join(lines))

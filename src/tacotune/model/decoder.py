@@ -279,30 +279,32 @@ class Decoder(nn.Module):
     def _step(
         self,
         prenet_gates: Tensor,
-        s: dict[str, Tensor],
+        state: dict[str, Tensor],
         memory: Tensor,
         processed: Tensor,
         mask: Tensor,
         w: StepWeights,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Advance the state `s` by one step; returns decoder output, context and weights.
+        """Advance `state` by one step; returns decoder output, context and weights.
 
         `prenet_gates` (B, 4 * attention_rnn_dim) is the prenet's share of the
         attention-LSTM gates, bias included.
         """
         d = self.dims
-        recurrent = w.attention_recurrent(torch.cat([s["context"], s["att_h"]], dim=-1))
-        att_h, s["att_c"] = lstm_pointwise(prenet_gates + recurrent, s["att_c"])
-        s["att_h"] = F.dropout(att_h, d.attention_dropout, self.training)
-        weights_cat = torch.stack([s["weights"], s["cumulative"]], dim=1)  # (B, 2, N)
-        s["context"], s["weights"] = self.attention(
-            s["att_h"], memory, processed, weights_cat, mask, w.location
+        recurrent = w.attention_recurrent(torch.cat([state["context"], state["att_h"]], dim=-1))
+        att_h, state["att_c"] = lstm_pointwise(prenet_gates + recurrent, state["att_c"])
+        state["att_h"] = F.dropout(att_h, d.attention_dropout, self.training)
+        weights_cat = torch.stack([state["weights"], state["cumulative"]], dim=1)  # (B, 2, N)
+        state["context"], state["weights"] = self.attention(
+            state["att_h"], memory, processed, weights_cat, mask, w.location
         )
-        s["cumulative"] = s["cumulative"] + s["weights"]
-        decoder_in = torch.cat([s["att_h"], s["context"], s["dec_h"]], dim=-1)
-        dec_h, s["dec_c"] = lstm_pointwise(w.decoder(decoder_in) + w.decoder_bias, s["dec_c"])
-        s["dec_h"] = F.dropout(dec_h, d.decoder_dropout, self.training)
-        return s["dec_h"], s["context"], s["weights"]
+        state["cumulative"] = state["cumulative"] + state["weights"]
+        decoder_in = torch.cat([state["att_h"], state["context"], state["dec_h"]], dim=-1)
+        dec_h, state["dec_c"] = lstm_pointwise(
+            w.decoder(decoder_in) + w.decoder_bias, state["dec_c"]
+        )
+        state["dec_h"] = F.dropout(dec_h, d.decoder_dropout, self.training)
+        return state["dec_h"], state["context"], state["weights"]
 
     def _frames(self, projected: Tensor, r: int) -> Tensor:
         """(B, S, n_mels * r_max) -> (B, n_mels, S * r)"""

@@ -92,7 +92,8 @@ class ConvBlock(nn.Module):
 
 
 class Postnet(nn.Module):
-    """Five convolutions predicting a residual that sharpens the decoder's mel."""
+    """`layers` convolutions (five in the paper) predicting a residual that sharpens the
+    decoder's mel."""
 
     def __init__(
         self, n_mels: int, dim: int, kernel_size: int, layers: int, dropout: float

@@ -192,6 +192,11 @@ class Tacotron2(nn.Module):
         return memory, positions[None, :] >= text_lengths[:, None]
 
 
+def decoder_steps(frames: Tensor, r: int) -> Tensor:
+    """Decoder steps that cover `frames` mel frames at r frames per step: ceil(frames / r)."""
+    return torch.div(frames + r - 1, r, rounding_mode="floor")
+
+
 def pad_multiple(config: ModelConfig) -> int:
     """Batches are padded to a multiple of every reduction factor in use (lcm)."""
     factors = reduction_factors(config) | ({config.ddc_reduction_factor} if config.ddc else set())

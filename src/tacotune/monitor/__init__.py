@@ -1,7 +1,7 @@
 """`tacotune monitor`: watch a run or a study from its files, with dashboards beside it.
 
-    live.py        the run view and the refresh loop (`monitor`)
-    dashboards.py  TensorBoard, optuna-dashboard and the MLflow UI on 127.0.0.1
+live.py        the run view and the refresh loop (`monitor`)
+dashboards.py  TensorBoard, optuna-dashboard and the MLflow UI on 127.0.0.1
 """
 
 from tacotune.monitor.live import (

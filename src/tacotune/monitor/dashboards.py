@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import shutil
 import socket
@@ -25,6 +26,8 @@ from typing import IO
 from tacotune.config import load_config
 from tacotune.errors import ConfigError, TacotuneError
 from tacotune.tracking.mlflow import default_uri
+
+log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 20.0  # how long a dashboard may take to answer
 PORT = "{port}"  # replaced by a free port in a command
@@ -140,7 +143,8 @@ def _mlflow_uri(directory: Path, default_root: Path) -> str:
     """The MLflow store a run or study logged to, or "" when it did not."""
     try:
         tracking = load_config(directory / "config.yaml").tracking
-    except ConfigError:
+    except ConfigError as error:
+        log.warning("no MLflow UI: %s/config.yaml cannot be read (%s)", directory, error)
         return ""
     study = (directory / "study.json").exists()
     if not (tracking.mlflow or study):

@@ -22,9 +22,9 @@ from rich.text import Text
 
 from tacotune import progress
 from tacotune.config import load_config
-from tacotune.monitor.dashboards import Dashboard, start_dashboards, stop_dashboards
 from tacotune.errors import ConfigError, TacotuneError
-from tacotune.tracking import EVENTS_FILE, METRICS_FILE, read_jsonl
+from tacotune.monitor.dashboards import Dashboard, start_dashboards, stop_dashboards
+from tacotune.runlog import EVENTS_FILE, METRICS_FILE, read_jsonl
 
 STARTS = {"started", "resumed"}
 ENDS = {
@@ -36,21 +36,27 @@ ENDS = {
 }
 ACTIVE = {"running", "starting"}  # statuses under which the live view keeps refreshing
 KEY_METRICS = (
-    *("score", "val/mel_postnet", "val/gate"),
+    *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
     *("free/diagonality", "free/aligned_rate", "free/quality", "free/max_steps_rate"),
     *("train/total", "train/grad_norm", "train/learning_rate"),
 )
-LOWER_IS_BETTER = {"score", "val/mel_postnet", "val/gate", "free/max_steps_rate", "train/total"}
+LOWER_IS_BETTER = {
+    *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
+    *("free/max_steps_rate", "train/total"),
+}
 HIGHER_IS_BETTER = {"free/diagonality", "free/aligned_rate", "free/quality"}
 STATUS_STYLE = {"running": "green", "starting": "cyan", "finished": "blue", "diverged": "red"}
-EVENT_STYLE = {"best": "green", "aligned": "green", "diverged": "red", "rollback": "yellow"}
+EVENT_STYLE = {
+    **{"best": "green", "aligned": "green", "voice_ready": "green"},
+    **{"diverged": "red", "rollback": "yellow"},
+}
 EVENTS_SHOWN = 8
 
 S = TypeVar("S")
 
 
 class MonitorError(TacotuneError):
-    """A directory cannot be monitored, or a dashboard does not start."""
+    """A directory cannot be monitored (dashboards that do not start raise DashboardError)."""
 
 
 @dataclass(frozen=True)

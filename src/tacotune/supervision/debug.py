@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from tacotune.model.tacotron2 import Tacotron2Output
-from tacotune.supervision.metrics import batch_alignment_metrics, summarize
+from tacotune.model.tacotron2 import Tacotron2Output, decoder_steps
+from tacotune.supervision.metrics import batch_alignment_metrics, summarize_alignment
 
 TOP_LAYERS = 10  # layers listed in the markdown view
 
@@ -32,8 +32,8 @@ def debug_report(
 ) -> dict[str, Any]:
     """The report as plain data. `context`: step, reason, loss terms, lr, throughput..."""
     r = out.reduction_factor
-    steps = torch.div(mel_lengths + r - 1, r, rounding_mode="floor").cpu()
-    attention = summarize(
+    steps = decoder_steps(mel_lengths, r).cpu()
+    attention = summarize_alignment(
         batch_alignment_metrics(out.alignments.detach().float().cpu(), steps, text_lengths.cpu()),
         "teacher_forced",
     )

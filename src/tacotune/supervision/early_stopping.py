@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tacotune.config.schema import SupervisionConfig
+from tacotune.names import StopReason
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class EarlyStopUpdate:
 
     improved: bool  # a new best score (any decrease): write best.pt
     newly_aligned: bool  # the first evaluation at which the run counts as aligned
-    stop_reason: str  # "" to go on; "patience" or "no_alignment" to stop
+    newly_voiced: bool  # the first evaluation whose voice metric reached voice_ready_ratio
+    stop_reason: StopReason  # NONE to go on; PATIENCE or NO_ALIGNMENT to stop
     detail: str  # human-readable explanation of the stop
 
 
@@ -31,18 +33,28 @@ class EarlyStopping:
     min_delta: float
     aligned_share: float
     align_by_step: int
+    voice_ready_ratio: float
     best_score: float = math.inf
     best_step: int = -1
     reference: float = math.inf  # the score an improvement of min_delta is measured against
     evaluations_without_improvement: int = 0
     aligned_step: int = -1  # first step at which the run was aligned; -1: not yet
+    voice_ready_step: int = -1  # first step whose voice metric reached voice_ready_ratio
 
     @classmethod
     def from_config(cls, config: SupervisionConfig) -> EarlyStopping:
         """Built from the supervision section."""
-        return cls(config.patience, config.min_delta, config.aligned_share, config.align_by_step)
+        return cls(
+            config.patience,
+            config.min_delta,
+            config.aligned_share,
+            config.align_by_step,
+            config.voice_ready_ratio,
+        )
 
-    def update(self, step: int, score: float, aligned_rate: float) -> EarlyStopUpdate:
+    def update(
+        self, step: int, score: float, aligned_rate: float, voice_ratio: float
+    ) -> EarlyStopUpdate:
         """Account for one evaluation."""
         improved = score < self.best_score
         if improved:
@@ -55,21 +67,24 @@ class EarlyStopping:
         newly_aligned = self.aligned_step < 0 and aligned_rate >= self.aligned_share
         if newly_aligned:
             self.aligned_step = step
+        newly_voiced = self.voice_ready_step < 0 and voice_ratio <= self.voice_ready_ratio
+        if newly_voiced:
+            self.voice_ready_step = step
         reason, detail = self._stop(step)
-        return EarlyStopUpdate(improved, newly_aligned, reason, detail)
+        return EarlyStopUpdate(improved, newly_aligned, newly_voiced, reason, detail)
 
-    def _stop(self, step: int) -> tuple[str, str]:
+    def _stop(self, step: int) -> tuple[StopReason, str]:
         if self.patience and self.evaluations_without_improvement >= self.patience:
-            return "patience", (
+            return StopReason.PATIENCE, (
                 f"the score has not improved by {self.min_delta:g} for {self.patience} "
                 f"evaluations (best {self.best_score:.4f} at step {self.best_step})"
             )
         if self.align_by_step and self.aligned_step < 0 and step >= self.align_by_step:
-            return "no_alignment", (
+            return StopReason.NO_ALIGNMENT, (
                 f"free-running attention is not aligned by step {step} (needed: "
                 f"{self.aligned_share:.0%} of the utterances by step {self.align_by_step})"
             )
-        return "", ""
+        return StopReason.NONE, ""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint."""
@@ -83,5 +98,6 @@ class EarlyStopping:
             "reference",
             "evaluations_without_improvement",
             "aligned_step",
+            "voice_ready_step",
         ):
-            setattr(self, name, state[name])
+            setattr(self, name, state.get(name, getattr(self, name)))  # older runs lack some

@@ -1,6 +1,19 @@
-"""Attention-alignment quality, computed on each utterance's valid crop.
+"""Evaluation metrics: the voice itself, and the attention that produced it.
 
-A is one utterance's attention, cropped to its real size: S decoder steps (rows)
+The voice metric compares what the model says with what the speaker said. For a
+validation utterance decoded free-running, its predicted log-mel P and the recording R
+of the same text are turned into mel-cepstra (c1..c13: the DCT of the log-mel over the
+mel axis, without c0, the loudness), aligned with DTW, and their mel-cepstral distortion
+MCD(P, R) = 10 sqrt(2) / ln 10 * mean over the warping path of |c_P - c_R| (dB) is set
+against the same distance to a recording of a DIFFERENT text of similar length
+(MCD(P, R'), chance level):
+
+    mcd_ratio = MCD(P, R) / MCD(P, R')   ~0 the same speech; ~1 says nothing right
+
+Attention metrics saturate long before the speech is right (a model can attend in a
+perfect diagonal while mumbling); the ratio does not, so it drives the score.
+
+Attention: A is one utterance's attention, cropped to its real size: S decoder steps (rows)
 by N characters (columns); each row sums to 1. Definitions (all in [0, 1]):
 
 - diagonality: attention mass inside a band around the straight diagonal,
@@ -27,6 +40,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,6 +50,64 @@ END_MIN_CHARS = 3  # the end window: at least the last letter, final punctuation
 END_FRACTION = 0.1  # ... or the last tenth of the text
 ALIGNED_DIAGONALITY = 0.7
 ALIGNED_LENGTH_RATIO = (0.8, 1.25)
+CEPSTRA = 13  # mel-cepstra c1..c13 describe the spectral envelope (c0 is loudness)
+MCD_DB = 10.0 * math.sqrt(2.0) / math.log(10.0)  # cepstral distance -> dB (Kubichek 1993)
+
+
+@dataclass(frozen=True)
+class VoiceMetrics:
+    """How close one free-running utterance is to its recording."""
+
+    mcd: float  # dB, after DTW, to the recording of the same text
+    mcd_chance: float  # dB, after DTW, to a recording of another text (chance level)
+    duration_ratio: float  # predicted frames / recorded frames
+
+    @property
+    def mcd_ratio(self) -> float:
+        """mcd / mcd_chance: ~0 the right speech; ~1 or more says nothing right."""
+        return self.mcd / self.mcd_chance if self.mcd_chance > 0 else math.inf
+
+
+def mel_cepstra(log_mel: Tensor | np.ndarray) -> np.ndarray:
+    """(n_mels, T) natural-log mel -> (CEPSTRA, T) mel-cepstra c1..c13 (orthonormal DCT-II)."""
+    import scipy.fft
+
+    values = np.asarray(log_mel.detach().float().cpu() if isinstance(log_mel, Tensor) else log_mel)
+    if values.ndim != 2 or values.shape[1] < 1:
+        raise ValueError(f"expected a (n_mels, frames) mel with frames, found {values.shape}")
+    return scipy.fft.dct(values.astype(np.float64), type=2, norm="ortho", axis=0)[1 : CEPSTRA + 1]
+
+
+def mcd_dtw(predicted: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
+    """Mel-cepstral distortion (dB) between two log-mels of any lengths, after DTW."""
+    import librosa
+
+    a, b = mel_cepstra(predicted), mel_cepstra(reference)
+    _, path = librosa.sequence.dtw(X=a, Y=b, metric="euclidean")
+    distances = np.linalg.norm(a[:, path[:, 0]] - b[:, path[:, 1]], axis=0)
+    return MCD_DB * float(distances.mean())
+
+
+def voice_metrics(predicted: Tensor, reference: Tensor, other: Tensor) -> VoiceMetrics:
+    """A free-running mel vs the recording of its text and a recording of another text."""
+    return VoiceMetrics(
+        mcd=mcd_dtw(predicted, reference),
+        mcd_chance=mcd_dtw(predicted, other),
+        duration_ratio=predicted.shape[-1] / reference.shape[-1],
+    )
+
+
+def summarize_voice(metrics: Sequence[VoiceMetrics], prefix: str) -> dict[str, float]:
+    """Means over utterances as `prefix/mcd`, `/mcd_chance`, `/mcd_ratio`, `/duration_ratio`."""
+    if not metrics:
+        return {}
+    count = len(metrics)
+    return {
+        f"{prefix}/mcd": sum(m.mcd for m in metrics) / count,
+        f"{prefix}/mcd_chance": sum(m.mcd_chance for m in metrics) / count,
+        f"{prefix}/mcd_ratio": sum(m.mcd_ratio for m in metrics) / count,
+        f"{prefix}/duration_ratio": sum(m.duration_ratio for m in metrics) / count,
+    }
 
 
 @dataclass(frozen=True)
@@ -114,7 +186,7 @@ def batch_alignment_metrics(
     return out
 
 
-def summarize(metrics: Sequence[AlignmentMetrics], prefix: str) -> dict[str, float]:
+def summarize_alignment(metrics: Sequence[AlignmentMetrics], prefix: str) -> dict[str, float]:
     """Means over utterances, plus the aligned share, as flat `prefix/name` floats."""
     if not metrics:
         return {}
@@ -143,14 +215,16 @@ def gate_balanced_accuracy(gate_logits: Tensor, steps: Tensor) -> float:
 def composite_score(metrics: dict[str, float], alignment_weight: float) -> float:
     """The one number early stopping, best-checkpoint selection and the tuner minimize:
 
-        score = val/mel_postnet + alignment_weight * (1 - free/quality)
+        score = free/mcd_ratio + alignment_weight * (1 - free/quality)
 
-    i.e. the teacher-forced validation mel loss plus a penalty for poor free-running
-    attention (free/quality is the mean `AlignmentMetrics.quality` of the free-running
-    utterances, 1 for perfect). Missing or non-finite inputs give +inf.
+    i.e. the voice metric of the free-running validation utterances (0 for the recorded
+    speech, ~1 at chance), plus a penalty for attention that fails on the probe and
+    validation texts (free/quality is the mean `AlignmentMetrics.quality`, 1 for perfect;
+    it halves for a text whose end is never reached). Perfect attention cannot make up
+    for the wrong speech: its penalty is 0 at best. Missing or non-finite inputs give +inf.
     """
-    mel = metrics.get("val/mel_postnet", math.inf)
+    voice = metrics.get("free/mcd_ratio", math.inf)
     quality = metrics.get("free/quality", math.nan)
-    if not (math.isfinite(mel) and math.isfinite(quality)):
+    if not (math.isfinite(voice) and math.isfinite(quality)):
         return math.inf
-    return mel + alignment_weight * (1.0 - quality)
+    return voice + alignment_weight * (1.0 - quality)

@@ -1,189 +1,161 @@
-"""Where a run's numbers and events go: one funnel for files, TensorBoard and friends.
+"""Where a run's numbers go besides its own files: TensorBoard and MLflow, as run listeners.
 
-The run-directory contract (users and later stages rely on it):
-    metrics.jsonl  one JSON object per evaluation: step, wall_time, every named metric
-    events.jsonl   one JSON object per event: time, step, event, details
-    tensorboard/   scalars every few steps, figures and audio at evaluations
-
-Optionally an MLflow run mirrors it (`attach_mlflow`, see tracking/mlflow.py): params once,
-every evaluation, the outcome as a tag, and at the end the run's files as artifacts.
+The run writes metrics.jsonl and events.jsonl itself (tacotune.runlog); this package
+attaches from outside:
+    TensorBoardListener  RUN/tensorboard/: scalars every few steps, figures and audio at
+                         evaluations
+    MlflowListener       an MLflow run mirroring the run (tracking/mlflow.py): params once,
+                         every evaluation, the outcome as a tag, and at the end the run's
+                         files as artifacts
+`run_listeners` builds what a config asks for, plus alerts; the CLI, `auto` and the
+tuner's trial process pass its result to `train(..., listeners=...)`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # numpy/matplotlib/torch stay unimported for readers (monitor, report)
+from tacotune.names import FINAL_EVENTS, Event, RunStatus
+from tacotune.runlog import EVENTS_FILE, METRICS_FILE, RunListener, newest_samples
+
+if TYPE_CHECKING:  # numpy/matplotlib/torch/mlflow stay unimported until a listener is used
     import numpy as np
     from matplotlib.figure import Figure
 
+    from tacotune.config.schema import Config
     from tacotune.tracking.mlflow import MlflowRun
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-EVENTS_FILE = "events.jsonl"
-
-EventListener = Callable[[dict[str, Any]], None]
-FINAL_EVENTS = ("finished", "diverged", "interrupted", "stopped")  # the last event of a run
 OUTCOME_TAG = "tacotune.outcome"  # finished | early_stop | diverged | interrupted | stopped
 STOP_REASON_TAG = "tacotune.stop_reason"  # the final event's reason, where it has one
 
 
-class RunTracker:
-    """Writes a run's metrics, events, figures and audio (a no-op on non-zero ranks)."""
+class TensorBoardListener(RunListener):
+    """RUN/tensorboard/ for `tensorboard --logdir RUN/tensorboard` (opened on first use)."""
 
-    def __init__(self, run_dir: Path, active: bool = True, tensorboard: bool = True) -> None:
-        self.run_dir = run_dir
-        self.active = active
-        self.listeners: list[EventListener] = []
-        self._tb: Any = None
-        self._mlflow: MlflowRun | None = None
-        self._early_stopped = False
-        if active and tensorboard:
+    def __init__(self, run_dir: Path) -> None:
+        self.directory = run_dir / "tensorboard"
+        self._writer: Any = None
+
+    def on_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Training scalars as train/<name>."""
+        for name, value in values.items():
+            self._tb.add_scalar(f"train/{name}", value, step)
+
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Every finite evaluation metric under its own name."""
+        for name, value in metrics.items():
+            if math.isfinite(value):
+                self._tb.add_scalar(name, value, step)
+
+    def on_figure(self, tag: str, figure: Figure, step: int) -> None:
+        """An evaluation figure."""
+        self._tb.add_figure(tag, figure, step, close=False)
+
+    def on_audio(self, tag: str, samples: np.ndarray, sample_rate: int, step: int) -> None:
+        """An evaluation clip."""
+        from tacotune.audio import fit_full_scale
+
+        self._tb.add_audio(tag, fit_full_scale(samples)[None, :], step, sample_rate=sample_rate)
+
+    def on_close(self, status: RunStatus) -> None:
+        """Flush and close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @property
+    def _tb(self) -> Any:
+        if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.directory))
+        return self._writer
 
-    def add_listener(self, listener: EventListener) -> None:
-        """Call `listener(event)` for every event (alerts, tuning, tests)."""
-        self.listeners.append(listener)
 
-    def attach_mlflow(self, run: MlflowRun, params: Mapping[str, Any]) -> None:
-        """Mirror this run into an MLflow run: `params` now (once), every evaluation, the
-        outcome tag; `close()` uploads the run's files and ends it. A no-op on other ranks."""
-        if not self.active:
-            return
-        if self._mlflow is not None:
-            raise RuntimeError(f"this run already mirrors into MLflow run {self._mlflow.run_id}")
+class MlflowListener(RunListener):
+    """Mirrors a run into one MLflow run: params now (once), every evaluation, the outcome
+    tag; at the end the run's files are uploaded and the MLflow run ends with the status."""
+
+    def __init__(self, run: MlflowRun, run_dir: Path, params: Mapping[str, Any]) -> None:
         run.log_params(params)
-        self._mlflow = run
+        self.run = run
+        self.run_dir = run_dir
+        self._early_stopped = False
+        self._ended = False
 
-    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
-        """Frequent scalars: TensorBoard only."""
-        if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(f"{prefix}/{name}", value, step)
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Every finite metric at `step`."""
+        self.run.log_metrics(step, metrics)
 
-    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """One line of metrics.jsonl, mirrored to TensorBoard."""
-        if not self.active:
-            return
-        record = {"step": step, "wall_time": time.time(), **_finite_or_none(metrics)}
-        _append(self.run_dir / METRICS_FILE, record)
-        if self._tb is not None:
-            for name, value in metrics.items():
-                if math.isfinite(value):
-                    self._tb.add_scalar(name, value, step)
-        if self._mlflow is not None:
-            self._mlflow.log_metrics(step, metrics)
-
-    def event(self, step: int, name: str, **details: Any) -> None:
-        """One line of events.jsonl; listeners are told too."""
-        record = {"time": time.time(), "step": step, "event": name, **details}
-        if self.active:
-            _append(self.run_dir / EVENTS_FILE, record)
-        if self._mlflow is not None:
-            self._mirror_outcome(self._mlflow, name, details)
-        for listener in self.listeners:
-            listener(record)
-
-    def figure(self, tag: str, fig: Figure, step: int, path: Path | None = None) -> None:
-        """A figure to TensorBoard and optionally to a PNG file (the figure is closed)."""
-        if not self.active:
-            return
-        if self._tb is not None:
-            self._tb.add_figure(tag, fig, step, close=False)
-        if path is not None:
-            from tacotune.plotting import save_figure
-
-            save_figure(fig, path)
-
-    def audio(self, tag: str, samples: np.ndarray, sample_rate: int, step: int) -> None:
-        """A clip to TensorBoard."""
-        if self._tb is not None:
-            from tacotune.audio import fit_full_scale
-
-            self._tb.add_audio(tag, fit_full_scale(samples)[None, :], step, sample_rate=sample_rate)
-
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush everything; an MLflow run gets the run's files and ends with `status`
-        (FINISHED, FAILED or KILLED)."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        run, self._mlflow = self._mlflow, None
-        if run is not None:
-            try:
-                self._upload_files(run)
-            finally:
-                run.end(status)
-
-    def _mirror_outcome(self, run: MlflowRun, name: str, details: dict[str, Any]) -> None:
+    def on_event(self, record: Mapping[str, Any]) -> None:
         """The final event becomes the tag tacotune.outcome (a finished run that stopped
         early reads early_stop); its reason becomes tacotune.stop_reason."""
-        if name == "early_stop":
+        name = record.get("event")
+        if name == Event.EARLY_STOP:
             self._early_stopped = True
         if name not in FINAL_EVENTS:
             return
-        outcome = "early_stop" if name == "finished" and self._early_stopped else name
+        outcome = "early_stop" if name == Event.FINISHED and self._early_stopped else str(name)
         tags = {OUTCOME_TAG: outcome}
-        if details.get("reason"):
-            tags[STOP_REASON_TAG] = str(details["reason"])
-        run.set_tags(tags)
+        if record.get("reason"):
+            tags[STOP_REASON_TAG] = str(record["reason"])
+        self.run.set_tags(tags)
 
-    def _upload_files(self, run: MlflowRun) -> None:
+    def on_close(self, status: RunStatus) -> None:
+        """Upload the run's files, then end the MLflow run with `status` (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._upload_files()
+        finally:
+            self.run.end(str(status))
+
+    def _upload_files(self) -> None:
         """config.yaml, metrics, events, the newest samples and the inference checkpoint
         (checkpoints/model.pt, as model/model.pt: weights without optimizer state)."""
         for name in ("config.yaml", METRICS_FILE, EVENTS_FILE):
             if (self.run_dir / name).is_file():
-                run.log_artifact(self.run_dir / name)
+                self.run.log_artifact(self.run_dir / name)
         samples = newest_samples(self.run_dir)
         if samples is not None:
-            run.log_artifact(samples, "samples")
+            self.run.log_artifact(samples, "samples")
         model = self.run_dir / "checkpoints" / "model.pt"
         if model.is_file():
-            run.log_artifact(model, "model")
+            self.run.log_artifact(model, "model")
 
 
-def newest_samples(run_dir: Path) -> Path | None:
-    """RUN/samples/step_N/ with the largest N, if any."""
-    steps = [
-        p
-        for p in (run_dir / "samples").glob("step_*")
-        if p.is_dir() and p.name.removeprefix("step_").isdigit()
-    ]
-    return max(steps, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+def run_listeners(
+    config: Config, run_dir: Path, mlflow_run: MlflowRun | None = None
+) -> list[RunListener]:
+    """What a training run started from the command line reports to: TensorBoard
+    (`tracking.tensorboard`), MLflow (`mlflow_run`, else the run handed over in
+    MLFLOW_RUN_ID, else a new one when `tracking.mlflow` is on) and the alerts.
 
+    Empty on every process but the first under torchrun (rank 0 reports for all).
+    """
+    from tacotune.alerts import build_dispatcher
+    from tacotune.train.setup import process_rank
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a JSONL file. The last line may be being written right now (cut
-    mid-record, even mid-character): it is skipped quietly; a broken earlier line is
-    skipped with a warning."""
-    if not path.exists():
+    if process_rank() != 0:
         return []
-    lines = path.read_bytes().splitlines()
-    records = []
-    for number, raw in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if number < len(lines):
-                log.warning("skipping unreadable line %d of %s", number, path)
-    return records
+    listeners: list[RunListener] = []
+    if config.tracking.tensorboard:
+        listeners.append(TensorBoardListener(run_dir))
+    if mlflow_run is None and (config.tracking.mlflow or "MLFLOW_RUN_ID" in os.environ):
+        from tacotune.tracking.mlflow import mlflow_run_for
 
+        mlflow_run = mlflow_run_for(config, run_dir)
+    if mlflow_run is not None:
+        from tacotune.tracking.mlflow import flat_params
 
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no NaN/inf: non-finite values are written as null."""
-    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+        listeners.append(MlflowListener(mlflow_run, run_dir, flat_params(config)))
+    listeners.append(build_dispatcher(config.alerts, run_dir))
+    return listeners

@@ -53,7 +53,7 @@ def default_uri(root: Path) -> str:
 
 
 class MlflowRun:
-    """One MLflow run that a RunTracker mirrors into."""
+    """One MLflow run, which an MlflowListener (tracking/__init__.py) mirrors a run into."""
 
     def __init__(
         self,

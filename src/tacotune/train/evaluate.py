@@ -1,8 +1,10 @@
 """Evaluation during training: teacher-forced validation losses and free-running synthesis.
 
-Teacher forcing hides broken attention (keithito/tacotron#141), so alignment is
-judged on free-running decoding of the probe sentences and a few validation
-utterances. Evaluation runs on a forked RNG: it never changes the training run.
+Teacher forcing hides broken attention (keithito/tacotron#141), so the model is judged
+on free-running decoding of the probe sentences and a few validation utterances: the
+attention of all of them, and the voice itself where a recording exists (the validation
+utterances: supervision/metrics.py, `voice_metrics`). Evaluation runs on a forked RNG:
+it never changes the training run.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import torch
 from torch import Tensor
 
 from tacotune.config.schema import Config
-from tacotune.data.dataset import Batch
+from tacotune.data.dataset import Batch, pad_ids
 from tacotune.losses import tacotron2_loss
-from tacotune.model.tacotron2 import Tacotron2
+from tacotune.model.tacotron2 import Tacotron2, decoder_steps
 from tacotune.supervision.metrics import (
     AlignmentMetrics,
+    VoiceMetrics,
     batch_alignment_metrics,
     composite_score,
     gate_balanced_accuracy,
-    summarize,
+    summarize_alignment,
+    summarize_voice,
+    voice_metrics,
 )
-from tacotune.text.symbols import PAD_ID
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Utterance:
     text: str
     ids: Sequence[int]
     expected_frames: float  # from the real audio, or estimated from the corpus speech rate
+    recording: Tensor | None = None  # (n_mels, T) the recorded mel of this text, if any
+    other_recording: Tensor | None = None  # (n_mels, T') a recording of another text
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Sample:
     alignment: Tensor  # (S, N)
     gate: Tensor  # (S,)
     metrics: AlignmentMetrics
+    voice: VoiceMetrics | None  # for utterances with a recording
     stopped_by_gate: bool
     stopped_at_end: bool
     hit_max_steps: bool
@@ -70,7 +77,8 @@ def evaluate(
     r: int,
     device: torch.device,
 ) -> Evaluation:
-    """Validation losses, teacher-forced and free-running alignment metrics, the score."""
+    """Validation losses, the voice metric, teacher-forced and free-running attention
+    metrics, the score."""
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -79,7 +87,8 @@ def evaluate(
         samples = _free_running(model, utterances, device, config.train.seed)
     model.train(was_training)
     free = [s.metrics for s in samples]
-    metrics.update(summarize(free, "free"))
+    metrics.update(summarize_alignment(free, "free"))
+    metrics.update(summarize_voice([s.voice for s in samples if s.voice is not None], "free"))
     metrics["free/max_steps_rate"] = sum(s.hit_max_steps for s in samples) / len(samples)
     metrics["free/stopped_by_gate_rate"] = sum(s.stopped_by_gate for s in samples) / len(samples)
     metrics["free/stopped_at_end_rate"] = sum(s.stopped_at_end for s in samples) / len(samples)
@@ -103,7 +112,7 @@ def _teacher_forced(
         b = batch.to(device)
         out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, r)
         terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, step)
-        steps = torch.div(b.mel_lengths + r - 1, r, rounding_mode="floor")
+        steps = decoder_steps(b.mel_lengths, r)
         n = len(b.text_lengths)
         values = terms.scalars()
         values["gate_accuracy"] = gate_balanced_accuracy(out.gate, steps)
@@ -114,17 +123,14 @@ def _teacher_forced(
         )
         count += n
     metrics = {f"val/{k}": v / count for k, v in sums.items()} if count else {}
-    metrics.update(summarize(tf_metrics, "val_tf"))
+    metrics.update(summarize_alignment(tf_metrics, "val_tf"))
     return metrics
 
 
 def _free_running(
     model: Tacotron2, utterances: Sequence[Utterance], device: torch.device, seed: int
 ) -> list[Sample]:
-    lengths = torch.tensor([len(u.ids) for u in utterances])
-    text = torch.full((len(utterances), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for i, u in enumerate(utterances):
-        text[i, : len(u.ids)] = torch.tensor(list(u.ids))
+    text, lengths = pad_ids([u.ids for u in utterances])
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.infer(text.to(device), lengths.to(device), generator=generator)
     r = out.reduction_factor
@@ -133,13 +139,17 @@ def _free_running(
     alignment_metrics = batch_alignment_metrics(out.alignments.cpu(), steps, lengths, expected)
     samples = []
     for i, u in enumerate(utterances):
+        mel = out.mel_postnet[i, :, : int(out.lengths[i])].float().cpu()
         samples.append(
             Sample(
                 utterance=u,
-                mel=out.mel_postnet[i, :, : int(out.lengths[i])].cpu(),
+                mel=mel,
                 alignment=out.alignments[i, : int(steps[i]), : int(lengths[i])].cpu(),
                 gate=out.gate[i, : int(steps[i])].cpu(),
                 metrics=alignment_metrics[i],
+                voice=None
+                if u.recording is None or u.other_recording is None
+                else voice_metrics(mel, u.recording, u.other_recording),
                 stopped_by_gate=bool(out.stopped_by_gate[i]),
                 stopped_at_end=bool(out.stopped_at_end[i]),
                 hit_max_steps=bool(out.hit_max_steps[i]),

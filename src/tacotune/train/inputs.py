@@ -82,6 +82,15 @@ def check_compatible(config: Config, prepared: PreparedDataset) -> None:
             )
 
 
+def _other_recording(train_set: TextMelDataset, frames: int, text: str) -> int:
+    """The training utterance of another text closest in length to `frames`: the voice
+    metric's chance level (a recording of the wrong words, of about the right duration)."""
+    candidates = [i for i, e in enumerate(train_set.entries) if e.text != text]
+    if not candidates:
+        raise DatasetError("every training utterance has the same text; the voice metric needs two")
+    return min(candidates, key=lambda i: (abs(train_set.frames[i] - frames), i))
+
+
 def build_training_data(
     prepared: PreparedDataset, config: Config, rank: int, world_size: int
 ) -> TrainingData:
@@ -107,10 +116,19 @@ def build_training_data(
         for i, text in enumerate(config.train.probe_sentences)
         for ids in [frontend.encode(text)]
     ]
-    for entry, ids in list(zip(val_set.entries, val_set.texts, strict=True))[
-        : config.supervision.free_running_val_utterances
-    ]:
-        utterances.append(Utterance(f"val_{entry.id}", entry.raw_text, ids, entry.n_frames))
+    for index in range(min(len(val_set), config.supervision.free_running_val_utterances)):
+        entry = val_set.entries[index]
+        other = _other_recording(train_set, entry.n_frames, entry.text)
+        utterances.append(
+            Utterance(
+                f"val_{entry.id}",
+                entry.raw_text,
+                val_set.texts[index],
+                entry.n_frames,
+                recording=val_set[index].mel,
+                other_recording=train_set[other].mel,
+            )
+        )
     return TrainingData(
         train_set, val_batches, utterances, sampler, collate, config.train.data_workers, frontend
     )

@@ -3,12 +3,13 @@
 1-4. environment, data, model/optimizer/supervision, run directory (session.py)
 5.   the loop: forward -> loss -> backward -> unscale -> clip -> guard -> step;
      evaluate -> checkpoint -> early stopping
-6.   the end: final event (and `last.pt` on Ctrl-C / kill)
+6.   the end: final event (and `last.pt` on Ctrl-C / kill, at the next step boundary)
 
 The divergence guard judges every step: bad steps are skipped, a streak of them
 rolls back to the last good checkpoint with a lower learning rate, and too many
 rollbacks end the run with TrainingDiverged. Every decision is an event in
-events.jsonl (and an alert, where alerts are configured).
+events.jsonl, and reaches the listeners the caller attached (alerts, TensorBoard,
+MLflow, the tuner: see tacotune.runlog).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,23 @@ import torch.distributed as dist
 from rich.progress import TextColumn
 
 from tacotune import progress
+from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import override_config
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError
 from tacotune.losses import tacotron2_loss
 from tacotune.model.tacotron2 import reduction_factor_at
+from tacotune.names import Event, RunStatus, StopReason
+from tacotune.runlog import RunListener, RunLog, StopTraining
+from tacotune.signals import StopRequests
 from tacotune.supervision.guard import TrainingDiverged
-from tacotune.checkpoint import checkpoint_config, load_checkpoint
-from tacotune.train.evaluate import Evaluation, evaluate
+from tacotune.train.evaluate import evaluate
 from tacotune.train.records import write_samples
 from tacotune.train.session import Session, open_session
-from tacotune.train.setup import Environment
+from tacotune.train.setup import Environment, process_rank
 
 log = logging.getLogger(__name__)
 
-EvalCallback = Callable[[int, Evaluation], None]
 # keys that may differ from the checkpoint's config on --resume
 RESUME_OVERRIDABLE = {
     "train.max_steps",
@@ -52,12 +55,7 @@ RESUME_OVERRIDABLE = {
     "tracking.tensorboard",
     "tracking.log_every",
 }
-STOP_REASONS = ("", "max_steps", "max_minutes", "patience", "no_alignment")
 LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
-
-
-class StopTraining(Exception):
-    """Raise from an `on_eval` callback to end the run now (recorded as event "stopped")."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class TrainResult:
 
     run_dir: Path
     step: int
-    stop_reason: str  # one of STOP_REASONS (TrainingDiverged is raised instead)
+    stop_reason: StopReason  # TrainingDiverged, StopTraining and KeyboardInterrupt raise instead
     best_score: float
     best_step: int
 
@@ -77,17 +75,33 @@ def train(
     run_dir: str | Path,
     *,
     warm_start: str | Path | None = None,
-    on_eval: EvalCallback | None = None,
+    listeners: Sequence[RunListener] = (),
     checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a Tacotron2 on a prepared dataset (use `resume` to continue a run)."""
-    # 1-4. environment, data, model, optimizer, supervision, run directory
-    s = open_session(config, prepared_dir, Path(run_dir), warm_start, checkpoint)
-    state, env, tracker = s.state, s.env, s.tracker
+    """Train a Tacotron2 on a prepared dataset (use `resume` to continue a run).
+
+    `listeners` hear every event, evaluation, scalar and sample (on rank 0); each one's
+    `on_close` is called exactly once, however the run ends. Ctrl-C or SIGTERM stop the
+    run at the next step boundary: last.pt is saved, then KeyboardInterrupt is raised.
+    """
+    run_log = RunLog(Path(run_dir), process_rank() == 0, listeners)
+    try:
+        # 1-4. environment, data, model, optimizer, supervision, run directory
+        session = open_session(config, prepared_dir, Path(run_dir), warm_start, checkpoint, run_log)
+    except BaseException:
+        run_log.close(RunStatus.FAILED)
+        raise
+    with StopRequests() as stop:
+        return _run(session, stop)
+
+
+def _run(session: Session, stop: StopRequests) -> TrainResult:
+    """5-6: the loop and the end of the run."""
+    config, state, env, run_log = session.config, session.state, session.env, session.run_log
     started = time.monotonic() - state.elapsed
-    status = "FAILED"  # what the run's MLflow mirror ends with unless the run ends well
-    batches = s.data.stream()
-    stop_reason = ""
+    status = RunStatus.FAILED  # what the listeners hear unless the run ends well
+    batches = session.data.stream()
+    stop_reason = StopReason.NONE
     bar = progress.make_progress(
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[rate]:.2f} steps/s")
     )
@@ -109,7 +123,9 @@ def train(
                     dtype=env.autocast_dtype,
                     enabled=env.autocast_dtype is not None,
                 ):
-                    out = s.net(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r)
+                    out = session.wrapped(
+                        batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r
+                    )
                 terms = tacotron2_loss(
                     out,
                     batch.mel,
@@ -120,38 +136,42 @@ def train(
                     state.step,
                 )
                 # 5.2 backward -> unscale -> clip: the norm the guard sees is the real one
-                s.optimizer.zero_grad(set_to_none=True)
-                s.scaler.scale(terms.total).backward()
-                s.scaler.unscale_(s.optimizer)
+                session.optimizer.zero_grad(set_to_none=True)
+                session.scaler.scale(terms.total).backward()
+                session.scaler.unscale_(session.optimizer)
                 grad_norm = float(
-                    torch.nn.utils.clip_grad_norm_(s.model.parameters(), config.train.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(
+                        session.model.parameters(), config.train.grad_clip
+                    )
                 )
                 # 5.3 the guard: a bad step is skipped; a streak of them rolls back
                 loss = _mean_over_ranks(float(terms.total.detach()), env)
-                verdict = s.guard.check(loss, grad_norm, loss_finite_only=env.precision == "fp16")
+                verdict = session.guard.check(
+                    loss, grad_norm, loss_finite_only=env.precision == "fp16"
+                )
                 if not verdict.bad:
-                    s.scaler.step(s.optimizer)  # (fp16: the scaler still skips inf gradients)
-                s.scaler.update()
-                s.scheduler.step()
+                    session.scaler.step(session.optimizer)  # (fp16: skips inf gradients itself)
+                session.scaler.update()
+                session.scheduler.step()
                 state.step += 1
                 if verdict.bad or _due(state.step, config.supervision.debug_every):
-                    s.debug(verdict.reason or "periodic", out, batch, terms, grad_norm)
+                    session.debug(verdict.reason or "periodic", out, batch, terms, grad_norm)
                 if verdict.bad:
-                    _report_bad_step(s, verdict.reason, loss, grad_norm)
+                    _report_bad_step(session, verdict.reason, loss, grad_norm)
                 if verdict.roll_back:
-                    record = s.roll_back(verdict.reason)
-                    tracker.event(state.step, "rollback", **record)
+                    record = session.roll_back(verdict.reason)
+                    run_log.event(state.step, Event.ROLLBACK, **record)
                     continue
                 # 5.4 training scalars and progress
                 scalars = {
                     **terms.scalars(),
                     "grad_norm": grad_norm,
                     "r": float(r),
-                    "learning_rate": float(s.scheduler.get_last_lr()[0]),
+                    "learning_rate": float(session.scheduler.get_last_lr()[0]),
                 }
                 state.accumulate(scalars)
                 if state.step % config.tracking.log_every == 0:
-                    tracker.scalars(state.step, scalars)
+                    run_log.scalars(state.step, scalars)
                 elapsed = time.monotonic() - started
                 bar.update(
                     task, completed=state.step, loss=scalars["total"], rate=state.step_rate(elapsed)
@@ -161,34 +181,40 @@ def train(
                 out_of_time = 0 < config.train.max_minutes * 60 <= elapsed
                 if state.step % config.train.eval_every == 0 or at_end or out_of_time:
                     state.elapsed = elapsed
-                    stop_reason = _evaluation(s, r, elapsed, on_eval)
+                    stop_reason = _evaluation(session, r, elapsed)
                 _barrier(env.world_size)
-                # 5.6 stop?
+                # 5.6 stop? (a signal asks every rank; rank 0 saves and records it)
+                if _agree_on_interrupt(stop.requested is not None, env):
+                    raise KeyboardInterrupt(stop.requested or "another process was interrupted")
                 stop_reason = stop_reason or (
-                    "max_steps" if at_end else "max_minutes" if out_of_time else ""
+                    StopReason.MAX_STEPS
+                    if at_end
+                    else StopReason.MAX_MINUTES
+                    if out_of_time
+                    else StopReason.NONE
                 )
                 stop_reason = _agree(stop_reason, env)
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = RunStatus.KILLED
         if env.is_main:
             state.elapsed = time.monotonic() - started
-            s.save(is_best=False, step_copy=False)
-            tracker.event(state.step, "interrupted", resume_with=f"--resume {s.run_dir}")
+            session.save(is_best=False, step_copy=False)
+            run_log.event(state.step, Event.INTERRUPTED, resume_with=f"--resume {session.run_dir}")
         raise
-    except StopTraining as stop:  # a callback ended the run (e.g. the tuner pruned it)
-        status = "KILLED"
-        tracker.event(
+    except StopTraining as stopped:  # a listener ended the run (e.g. the tuner pruned it)
+        status = RunStatus.KILLED
+        run_log.event(
             state.step,
-            "stopped",
-            reason=str(stop),
-            best_score=s.stopper.best_score,
-            best_step=s.stopper.best_step,
+            Event.STOPPED,
+            reason=str(stopped),
+            best_score=session.stopper.best_score,
+            best_step=session.stopper.best_step,
         )
         raise
     except TrainingDiverged as diverged:
-        tracker.event(
+        run_log.event(
             state.step,
-            "diverged",
+            Event.DIVERGED,
             reason=str(diverged),
             rollbacks=len(diverged.history) - 1,
             history=diverged.history,
@@ -196,87 +222,113 @@ def train(
         raise
     else:
         # 6. The end
-        status = "FINISHED"
-        tracker.event(
+        status = RunStatus.FINISHED
+        run_log.event(
             state.step,
-            "finished",
-            reason=stop_reason,
-            best_score=s.stopper.best_score,
-            best_step=s.stopper.best_step,
-            bad_steps=s.guard.bad_steps,
-            rollbacks=len(s.guard.rollbacks),
+            Event.FINISHED,
+            reason=str(stop_reason),
+            best_score=session.stopper.best_score,
+            best_step=session.stopper.best_step,
+            bad_steps=session.guard.bad_steps,
+            rollbacks=len(session.guard.rollbacks),
         )
     finally:
-        s.close(status)
+        session.close(status)
     return TrainResult(
-        s.run_dir, state.step, stop_reason, s.stopper.best_score, s.stopper.best_step
+        session.run_dir,
+        state.step,
+        stop_reason,
+        session.stopper.best_score,
+        session.stopper.best_step,
     )
 
 
-def _evaluation(s: Session, r: int, elapsed: float, on_eval: EvalCallback | None) -> str:
-    """Evaluate (rank 0), write metrics, samples and checkpoints; return a stop reason or ""."""
-    state, tracker = s.state, s.tracker
-    if not s.env.is_main:
-        return ""
+def _evaluation(session: Session, r: int, elapsed: float) -> StopReason:
+    """Evaluate (rank 0), write metrics, samples and checkpoints; return a stop reason."""
+    state, run_log, stopper = session.state, session.run_log, session.stopper
+    if not session.env.is_main:
+        return StopReason.NONE
     eval_started = time.monotonic()
     evaluation = evaluate(
-        s.model, s.data.val_batches, s.data.utterances, s.config, state.step, r, s.env.device
+        session.model,
+        session.data.val_batches,
+        session.data.utterances,
+        session.config,
+        state.step,
+        r,
+        session.env.device,
     )
-    update = s.stopper.update(state.step, evaluation.score, evaluation.metrics["free/aligned_rate"])
+    update = stopper.update(
+        state.step,
+        evaluation.score,
+        evaluation.metrics["free/aligned_rate"],
+        evaluation.metrics.get("free/mcd_ratio", math.inf),
+    )
     rate = state.step_rate(elapsed)
     metrics = {
         **evaluation.metrics,
         **state.train_means(),
-        "bad_steps": float(s.guard.bad_steps),
-        "rollbacks": float(len(s.guard.rollbacks)),
-        "learning_rate_scale": s.guard.lr_scale,
+        "bad_steps": float(session.guard.bad_steps),
+        "rollbacks": float(len(session.guard.rollbacks)),
+        "learning_rate_scale": session.guard.lr_scale,
         "time/train_seconds": elapsed - state.eval_seconds,
         "time/eval_seconds": state.eval_seconds,
     }
-    tracker.evaluation(state.step, metrics)
-    write_samples(s.run_dir, tracker, evaluation, s.config, state.step)
+    write_samples(session.run_dir, run_log, evaluation, session.config, state.step)
+    session.save(is_best=update.improved)  # before any event that names the checkpoint
     if update.improved:
-        tracker.event(state.step, "best", score=evaluation.score)
+        run_log.event(state.step, Event.BEST, score=evaluation.score)
     if update.newly_aligned:
-        tracker.event(state.step, "aligned", aligned_rate=evaluation.metrics["free/aligned_rate"])
-    s.save(is_best=update.improved)
-    remaining = s.config.train.max_steps - state.step
-    tracker.event(
+        run_log.event(
+            state.step, Event.ALIGNED, aligned_rate=evaluation.metrics["free/aligned_rate"]
+        )
+    if update.newly_voiced:
+        run_log.event(
+            state.step,
+            Event.VOICE_READY,
+            mcd_ratio=evaluation.metrics["free/mcd_ratio"],
+            level=session.config.supervision.voice_ready_ratio,
+        )
+    remaining = session.config.train.max_steps - state.step
+    run_log.event(
         state.step,
-        "evaluation",
+        Event.EVALUATION,
         score=evaluation.score,
-        **{k: evaluation.metrics[k] for k in ("free/aligned_rate", "val/mel_postnet")},
+        **{
+            k: evaluation.metrics.get(k)
+            for k in ("free/mcd_ratio", "free/aligned_rate", "val/mel_postnet")
+        },
         steps_per_second=rate,
         eta_seconds=remaining / rate if rate > 0 else None,
     )
-    if on_eval is not None:
-        on_eval(state.step, evaluation)
+    run_log.evaluation(state.step, metrics)  # a listener may raise StopTraining here
     if update.stop_reason:
-        tracker.event(
+        run_log.event(
             state.step,
-            "early_stop",
-            reason=update.stop_reason,
+            Event.EARLY_STOP,
+            reason=str(update.stop_reason),
             detail=update.detail,
-            best_score=s.stopper.best_score,
-            best_step=s.stopper.best_step,
+            best_score=stopper.best_score,
+            best_step=stopper.best_step,
         )
     state.eval_seconds += time.monotonic() - eval_started
     return update.stop_reason
 
 
-def _report_bad_step(s: Session, reason: str, loss: float, grad_norm: float) -> None:
-    s.tracker.event(
-        s.state.step,
-        "step_skipped",
+def _report_bad_step(session: Session, reason: str, loss: float, grad_norm: float) -> None:
+    guard = session.guard
+    session.run_log.event(
+        session.state.step,
+        Event.STEP_SKIPPED,
         reason=reason,
         loss=loss,
         grad_norm=grad_norm,
-        consecutive=s.guard.consecutive_bad,
-        total=s.guard.bad_steps,
+        consecutive=guard.consecutive_bad,
+        total=guard.bad_steps,
     )
-    if s.guard.bad_steps <= LOGGED_BAD_STEPS or s.guard.bad_steps % 100 == 0:
+    if guard.bad_steps <= LOGGED_BAD_STEPS or guard.bad_steps % 100 == 0:
         log.warning(
-            "step %d skipped (%s); %d bad steps so far", s.state.step, reason, s.guard.bad_steps
+            "step %d skipped (%s); %d bad steps so far", session.state.step, reason, guard.bad_steps
         )
 
 
@@ -288,11 +340,12 @@ def resume(
     run_dir: str | Path,
     prepared_dir: str | Path,
     overrides: Sequence[str] = (),
-    on_eval: EvalCallback | None = None,
+    listeners: Sequence[RunListener] = (),
 ) -> TrainResult:
     """Continue `run_dir` exactly from its last checkpoint, with its own config.
 
-    Only RESUME_OVERRIDABLE keys may be overridden (e.g. to train for more steps).
+    Only RESUME_OVERRIDABLE keys may be overridden (e.g. to train for more steps). A run
+    that already reached its `train.max_steps` is refused unless the override raises it.
     """
     checkpoint = load_checkpoint(run_dir)
     refused = sorted({item.partition("=")[0].strip() for item in overrides} - RESUME_OVERRIDABLE)
@@ -302,7 +355,14 @@ def resume(
             f"change. Only {sorted(RESUME_OVERRIDABLE)} may."
         )
     config = override_config(checkpoint_config(checkpoint), overrides)
-    return train(config, prepared_dir, run_dir, on_eval=on_eval, checkpoint=checkpoint)
+    step = int(checkpoint["state"]["step"])
+    if step >= config.train.max_steps:
+        raise ConfigError(
+            f"{run_dir} already trained {step} steps, its train.max_steps is "
+            f"{config.train.max_steps}: nothing is left to do. To train on, resume with "
+            f"--set train.max_steps=N (N > {step})"
+        )
+    return train(config, prepared_dir, run_dir, listeners=listeners, checkpoint=checkpoint)
 
 
 def _barrier(world_size: int) -> None:
@@ -310,13 +370,26 @@ def _barrier(world_size: int) -> None:
         dist.barrier()
 
 
-def _agree(stop_reason: str, env: Environment) -> str:
+_STOP_CODES = list(StopReason)
+
+
+def _agree(stop_reason: StopReason, env: Environment) -> StopReason:
     """Rank 0's stop decision, shared with every rank."""
     if env.world_size == 1:
         return stop_reason
-    code = torch.tensor([STOP_REASONS.index(stop_reason)], device=env.device)
+    code = torch.tensor([_STOP_CODES.index(stop_reason)], device=env.device)
     dist.broadcast(code, src=0)
-    return STOP_REASONS[int(code.item())]
+    return _STOP_CODES[int(code.item())]
+
+
+def _agree_on_interrupt(requested: bool, env: Environment) -> bool:
+    """Whether any rank was asked to stop (torchrun signals every process, but not at the
+    same step boundary): all ranks then stop together."""
+    if env.world_size == 1:
+        return requested
+    flag = torch.tensor([int(requested)], device=env.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _mean_over_ranks(value: float, env: Environment) -> float:

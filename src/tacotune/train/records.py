@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tacotune.audio import griffin_lim, save_wav
+from tacotune.audio import griffin_lim
+from tacotune.checkpoint import prune_step_checkpoints, save_checkpoint
 from tacotune.config.schema import Config, TrainConfig
+from tacotune.files import copy_file_atomic
 from tacotune.plotting import alignment_figure, gate_figure, mel_figure
-from tacotune.tracking import RunTracker
-from tacotune.checkpoint import (
-    prune_step_checkpoints,
-    save_checkpoint,
-)
+from tacotune.runlog import RunLog
 from tacotune.train.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
@@ -67,39 +63,31 @@ def write_checkpoints(
     step_copy: bool = True,
 ) -> None:
     """last.pt always; best.pt when the score improved; a step_N.pt copy, keeping the newest N.
-    The payload is serialized once: best.pt and step_N.pt are links to the new last.pt."""
+    The payload is serialized once; best.pt and step_N.pt are copies of the new last.pt."""
     directory = run_dir / "checkpoints"
     save_checkpoint(directory / "last.pt", payload)
     if is_best:
-        link_last(directory, "best.pt")
+        copy_last(directory, "best.pt")
     if step_copy and config.keep_checkpoints > 0:
-        link_last(directory, f"step_{payload['state']['step']:07d}.pt")
+        copy_last(directory, f"step_{payload['state']['step']:07d}.pt")
         prune_step_checkpoints(directory, config.keep_checkpoints)
 
 
-def link_last(directory: Path, name: str) -> None:
-    """Make `name` the newest last.pt: a hard link (free), or a copy where links fail.
-    last.pt is always replaced by a rename, never rewritten, so a link stays as it was."""
-    tmp = directory / f".{name}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(directory / "last.pt", tmp)
-    except OSError as error:  # e.g. a filesystem without hard links
-        if not _copy_warned:
-            log.warning("cannot hard-link checkpoints (%s); copying them instead", error)
-            _copy_warned.append(True)
-        shutil.copyfile(directory / "last.pt", tmp)
-    os.replace(tmp, directory / name)
+def copy_last(directory: Path, name: str) -> None:
+    """Make `name` an independent copy of last.pt, written atomically.
 
-
-_copy_warned: list[bool] = []  # the copy fallback is announced once per process
+    Never a hard link: a link shares its bytes with last.pt, so a user's `cp` over one
+    file, an editor or a write in place would damage the rollback point and best.pt with it.
+    """
+    copy_file_atomic(directory / "last.pt", directory / name)
 
 
 def write_samples(
-    run_dir: Path, tracker: RunTracker, evaluation: Evaluation, config: Config, step: int
+    run_dir: Path, run_log: RunLog, evaluation: Evaluation, config: Config, step: int
 ) -> None:
-    """Griffin-Lim audio and figures of every free-running sample, to samples/ and TensorBoard."""
-    if not tracker.active:
+    """Griffin-Lim audio and figures of every free-running sample, to samples/ and the
+    listeners (TensorBoard)."""
+    if not run_log.active:
         return
     directory = run_dir / "samples" / f"step_{step:07d}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -114,16 +102,16 @@ def write_samples(
             else "HIT MAX STEPS"
         )
         title = f"{name} step {step}: diagonality {m.diagonality:.2f}, focus {m.focus:.2f}, {stop}"
-        tracker.figure(
+        run_log.figure(
             f"alignment/{name}",
             alignment_figure(sample.alignment, title),
             step,
             directory / f"{name}_alignment.png",
         )
-        tracker.figure(
+        run_log.figure(
             f"mel/{name}", mel_figure(sample.mel, name), step, directory / f"{name}_mel.png"
         )
-        tracker.figure(
+        run_log.figure(
             f"gate/{name}",
             gate_figure(sample.gate, config.model.gate_threshold, name),
             step,
@@ -131,8 +119,9 @@ def write_samples(
         )
         if sample.mel.shape[1] > 0:
             audio = griffin_lim(sample.mel, config.audio).numpy()
-            save_wav(directory / f"{name}.wav", audio, config.audio.sample_rate)
-            tracker.audio(f"audio/{name}", audio, config.audio.sample_rate, step)
+            run_log.audio(
+                f"audio/{name}", audio, config.audio.sample_rate, step, directory / f"{name}.wav"
+            )
     results = [
         {
             "name": s.utterance.name,

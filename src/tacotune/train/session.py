@@ -8,7 +8,6 @@ bookkeeping that every step of it shares out of its way.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from tacotune.alerts import AlertDispatcher, build_dispatcher
-from tacotune.config.load import save_config
-from tacotune.config.schema import Config
-from tacotune.data.dataset import Batch
-from tacotune.data.manifest import load_prepared
-from tacotune.errors import CheckpointError, ConfigError
-from tacotune.losses import LossTerms
-from tacotune.model.tacotron2 import Tacotron2, Tacotron2Output
-from tacotune.supervision.debug import debug_report, write_debug_report
-from tacotune.supervision.early_stopping import EarlyStopping
-from tacotune.supervision.guard import DivergenceGuard
-from tacotune.text.symbols import SYMBOLS
-from tacotune.tracking import RunTracker
 from tacotune.checkpoint import (
     code_version,
     config_payload,
@@ -38,8 +24,21 @@ from tacotune.checkpoint import (
     warm_start_state,
     write_inference_checkpoint,
 )
+from tacotune.config.load import save_config
+from tacotune.config.schema import Config
+from tacotune.data.dataset import Batch
+from tacotune.data.manifest import load_prepared
+from tacotune.errors import CheckpointError, ConfigError
+from tacotune.losses import LossTerms
+from tacotune.model.tacotron2 import Tacotron2, Tacotron2Output
+from tacotune.names import Event, RunStatus
+from tacotune.runlog import RunLog
+from tacotune.supervision.debug import debug_report, write_debug_report
+from tacotune.supervision.early_stopping import EarlyStopping
+from tacotune.supervision.guard import DivergenceGuard
+from tacotune.text.symbols import SYMBOLS
 from tacotune.train.inputs import Position, TrainingData, build_training_data
-from tacotune.train.records import TrainState, link_last, write_checkpoints
+from tacotune.train.records import TrainState, copy_last, write_checkpoints
 from tacotune.train.setup import (
     Environment,
     check_ctc_feasible,
@@ -63,14 +62,13 @@ class Session:
     fingerprint: str  # of the prepared dataset
     data: TrainingData
     model: Tacotron2
-    net: torch.nn.Module  # the model, wrapped in DDP when there are several processes
+    wrapped: torch.nn.Module  # what the forward pass calls: `model`, in DDP under torchrun
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     guard: DivergenceGuard
     stopper: EarlyStopping
-    tracker: RunTracker
-    alerts: AlertDispatcher | None = None  # rank 0: Telegram / webhook / log notifications
+    run_log: RunLog  # metrics.jsonl, events.jsonl and the caller's listeners (rank 0)
     state: TrainState = field(default_factory=TrainState)
 
     @property
@@ -78,17 +76,15 @@ class Session:
         """RUN/checkpoints."""
         return self.run_dir / "checkpoints"
 
-    def close(self, status: str) -> None:
-        """Write the inference checkpoint model.pt (from best.pt), flush TensorBoard, end the
-        MLflow run with `status` (FINISHED / KILLED / FAILED), deliver queued alerts."""
+    def close(self, status: RunStatus) -> None:
+        """Write the inference checkpoint model.pt (from best.pt), then tell the listeners
+        the run is over (they flush, upload, deliver), even if writing model.pt failed."""
         best = self.checkpoints / "best.pt"
-        if self.env.is_main and best.exists():
-            write_inference_checkpoint(best, self.checkpoints / "model.pt")
         try:
-            self.tracker.close(status)
+            if self.env.is_main and best.exists():
+                write_inference_checkpoint(best, self.checkpoints / "model.pt")
         finally:
-            if self.alerts is not None:
-                self.alerts.close(timeout=self.config.alerts.timeout_seconds)
+            self.run_log.close(status)
 
     def payload(self) -> dict[str, Any]:
         """Everything a checkpoint holds (see train/checkpoint.py)."""
@@ -114,7 +110,7 @@ class Session:
         """Write last.pt (+ best.pt, step copy); mark it good if no step was bad since the last."""
         write_checkpoints(self.run_dir, self.payload(), is_best, self.config.train, step_copy)
         if self.guard.checkpoint_is_good():
-            link_last(self.checkpoints, GOOD_CHECKPOINT)
+            copy_last(self.checkpoints, GOOD_CHECKPOINT)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue exactly from a checkpoint of this run."""
@@ -177,7 +173,7 @@ class Session:
         }
         report = debug_report(self.model, out, batch.mel_lengths, batch.text_lengths, context)
         path = write_debug_report(self.run_dir, report)
-        self.tracker.event(self.state.step, "debug_report", reason=reason, path=str(path))
+        self.run_log.event(self.state.step, Event.DEBUG_REPORT, reason=reason, path=str(path))
 
 
 def open_session(
@@ -186,6 +182,7 @@ def open_session(
     run_dir: Path,
     warm_start: str | Path | None,
     checkpoint: dict[str, Any] | None,
+    run_log: RunLog,
 ) -> Session:
     """Steps 1-4 of training: environment, data, model and optimizer, run directory."""
     if checkpoint is None and (run_dir / "checkpoints" / "last.pt").exists():
@@ -219,7 +216,7 @@ def open_session(
         torch.amp.GradScaler(env.device.type, enabled=env.precision == "fp16"),
         guard,
         EarlyStopping.from_config(config.supervision),
-        RunTracker(run_dir, env.is_main, config.tracking.tensorboard),
+        run_log,
     )
     skipped: list[str] = []
     if checkpoint is not None:
@@ -227,45 +224,23 @@ def open_session(
     elif warm_start is not None:
         merged, skipped = warm_start_state(model, load_checkpoint(warm_start)["model"])
         model.load_state_dict(merged)
-    # 4. run directory: resolved config, alerts, a first rollback target, the "started" event
+    # 4. run directory: resolved config, a first rollback target, the "started" event
     if env.is_main:
         save_config(config, run_dir / "config.yaml")
-        session.alerts = build_dispatcher(config.alerts, run_dir)
-        session.tracker.add_listener(session.alerts.on_event)
-        mlflow = _mlflow_run(config, run_dir)
-        if mlflow is not None:
-            session.tracker.attach_mlflow(mlflow, _flat_params(config))
         if not (session.checkpoints / GOOD_CHECKPOINT).exists():
             session.save(is_best=False, step_copy=False)
-        session.tracker.event(
+        run_log.event(
             session.state.step,
-            "resumed" if checkpoint is not None else "started",
+            Event.RESUMED if checkpoint is not None else Event.STARTED,
             world_size=env.world_size,
             device=str(env.device),
             precision=env.precision,
             parameters=sum(p.numel() for p in model.parameters()),
             dataset=prepared.fingerprint,
             warm_start_skipped=skipped,
-            mlflow_run_id=mlflow.run_id if mlflow is not None else None,
         )
     for line in skipped:
         log.warning("warm start skipped %s", line)
     if env.world_size > 1:
         torch.distributed.barrier()  # every rank may need good.pt from now on
     return session
-
-
-def _mlflow_run(config: Config, run_dir: Path) -> Any:
-    """The MLflow run to mirror into (see tracking/mlflow.py), or None; mlflow loads only
-    when it is used."""
-    if not (config.tracking.mlflow or "MLFLOW_RUN_ID" in os.environ):
-        return None
-    from tacotune.tracking.mlflow import mlflow_run_for
-
-    return mlflow_run_for(config, run_dir)
-
-
-def _flat_params(config: Config) -> dict[str, str]:
-    from tacotune.tracking.mlflow import flat_params
-
-    return flat_params(config)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from tacotune.config.schema import Config, TrainConfig
+from tacotune.device import resolve_device
 from tacotune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,16 @@ class Environment:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 when run alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup_environment(config: TrainConfig) -> Environment:
     """Threads, device, distributed process group (under torchrun), precision and seeds."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = process_rank(), int(os.environ.get("WORLD_SIZE", 1))
     device = _device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -66,14 +72,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _device(requested: str, local_rank: int) -> torch.device:
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device is 'cuda' but no CUDA device is available; use train.device=auto or cpu"
-        )
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    device = resolve_device(requested, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return device
 
 
 def _precision(requested: str, device: torch.device) -> str:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from tacotune.config.load import config_from_dict, config_to_dict
 from tacotune.config.schema import Config, SearchDimension
-from tacotune.errors import ConfigError
 
 if TYPE_CHECKING:  # the trial process applies values without importing Optuna
     import optuna
@@ -52,18 +51,6 @@ def short_values(values: Mapping[str, Any]) -> str:
         else f"{key.split('.')[-1]}={value}"
         for key, value in values.items()
     )
-
-
-def check_sampler_fits(config: Config) -> None:
-    """CMA-ES models continuous ranges only: refuse it for a space with choices."""
-    if config.tuning.sampler == "cmaes":
-        categorical = [d.key for d in config.tuning.space if d.choices]
-        if categorical:
-            raise ConfigError(
-                f"tuning.sampler=cmaes handles continuous ranges only, but "
-                f"{categorical} are choices; use tuning.sampler=tpe or turn "
-                "them into ranges"
-            )
 
 
 def _suggest(trial: optuna.Trial, dim: SearchDimension, config: Config) -> Any:

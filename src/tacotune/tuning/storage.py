@@ -9,7 +9,9 @@ worker.py) and it works the same on every storage.
 
 from __future__ import annotations
 
+import socket
 import warnings
+import zlib
 from pathlib import Path
 
 import optuna
@@ -17,7 +19,6 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tacotune.config.schema import TuningConfig
-from tacotune.errors import ConfigError
 
 JOURNAL_FILE = "journal.log"
 
@@ -38,22 +39,30 @@ def open_storage(url: str) -> BaseStorage:
     return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
-def make_sampler(config: TuningConfig) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, grouped for conditional dimensions), CMA-ES or random."""
+def sampler_seed(config: TuningConfig, worker: int) -> int:
+    """Each worker's own random stream: the same seed in every worker would make the first
+    trials of W workers one trial W times (their startup samples would coincide). Local
+    workers differ by their index; machines sharing a study, by their host name."""
+    host = zlib.crc32(socket.gethostname().encode()) % 1_000_003
+    return (config.seed + worker + 1_009 * host) % 2**31
+
+
+def make_sampler(config: TuningConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, grouped for conditional dimensions), CMA-ES or random, seeded
+    for `worker` (see sampler_seed)."""
+    seed = sampler_seed(config, worker)
     if config.sampler == "tpe":
         with warnings.catch_warnings():  # `group` has been "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
                 multivariate=True,
                 group=True,
-                seed=config.seed,
+                seed=seed,
                 n_startup_trials=config.startup_trials,
             )
     if config.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(
-            seed=config.seed, n_startup_trials=config.startup_trials
-        )
-    return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=config.startup_trials)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def make_pruner(config: TuningConfig) -> optuna.pruners.BasePruner:
@@ -65,24 +74,22 @@ def make_pruner(config: TuningConfig) -> optuna.pruners.BasePruner:
         return median
     if config.pruner == "patient":
         return optuna.pruners.PatientPruner(median, patience=config.patience)
-    if config.pruner == "hyperband":
-        if config.trial_max_steps <= config.prune_after_step:
-            raise ConfigError(
-                "tuning.pruner=hyperband needs tuning.trial_max_steps above "
-                "tuning.prune_after_step (its smallest budget)"
-            )
+    if config.pruner == "hyperband":  # (Config.validate() checked its budgets)
         return optuna.pruners.HyperbandPruner(
             min_resource=config.prune_after_step, max_resource=config.trial_max_steps
         )
     return optuna.pruners.NopPruner()
 
 
-def load_or_create_study(name: str, url: str, config: TuningConfig) -> optuna.Study:
-    """The study `name` in the storage, created on first use (minimizing the score)."""
+def load_or_create_study(
+    name: str, url: str, config: TuningConfig, worker: int = 0
+) -> optuna.Study:
+    """The study `name` in the storage, created on first use (minimizing the score), with
+    the sampler of `worker`."""
     return optuna.create_study(
         study_name=name,
         storage=open_storage(url),
-        sampler=make_sampler(config),
+        sampler=make_sampler(config, worker),
         pruner=make_pruner(config),
         direction="minimize",
         load_if_exists=True,

@@ -31,7 +31,7 @@ from tacotune import progress
 from tacotune.config.load import config_to_dict, load_config, save_config
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError
-from tacotune.tuning.space import check_sampler_fits
+from tacotune.files import write_json_atomic
 from tacotune.tuning.storage import load_or_create_study, storage_url
 from tacotune.tuning.worker import WorkerSettings, counted_trials, worker_loop
 
@@ -40,6 +40,33 @@ log = logging.getLogger(__name__)
 STUDY_FILE = "study.json"
 # what may change when a study is continued
 CONTINUE_OVERRIDABLE = {"trials", "trial_max_minutes"}
+
+
+@dataclass(frozen=True)
+class OpenStudy:
+    """A study directory opened: the Optuna study, its study.json and its base config."""
+
+    study: optuna.Study
+    meta: dict[str, Any]  # name, storage, prepared_dir
+    config: Config  # STUDY/config.yaml
+
+
+def open_study(study_dir: Path, worker: int = 0) -> OpenStudy:
+    """The study of a directory written by `tacotune tune` (or `auto`), sampling for the
+    worker with this index."""
+    meta = json.loads((study_dir / STUDY_FILE).read_text(encoding="utf-8"))
+    config = load_config(study_dir / "config.yaml")
+    study = load_or_create_study(meta["name"], meta["storage"], config.tuning, worker)
+    return OpenStudy(study, meta, config)
+
+
+def setting_importances(study_dir: Path) -> tuple[dict[str, float], str]:
+    """fANOVA importance of each tuned setting, or ({}, why not)."""
+    study = open_study(study_dir).study
+    try:
+        return dict(optuna.importance.get_param_importances(study)), ""
+    except (ValueError, RuntimeError) as error:  # too few completed trials to fit fANOVA
+        return {}, f"Setting importances need more completed trials ({error})."
 
 
 @dataclass(frozen=True)
@@ -69,31 +96,20 @@ def run_study(
     study_dir, prepared_dir = Path(study_dir).resolve(), Path(prepared_dir).resolve()
     # 1. the study directory remembers its base config, data and storage
     _remember(study_dir, config, prepared_dir, storage)
-    check_sampler_fits(config)
-    meta = json.loads((study_dir / STUDY_FILE).read_text(encoding="utf-8"))
-    study = load_or_create_study(meta["name"], meta["storage"], config.tuning)
-    # 2. MLflow: one parent run for the whole study
-    mlflow_parent = _mlflow_parent(config, study_dir, study)
+    opened = open_study(study_dir)
+    study, meta = opened.study, opened.meta
+    # 2. MLflow: one parent run for the whole study (remembered on the study)
+    _mlflow_parent(config, study_dir, study)
     # 3. the workers
     target = trials or config.tuning.trials
     deadline = time.time() + timeout if timeout else float("inf")
     threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
-        settings = WorkerSettings(
-            study_dir,
-            prepared_dir,
-            config,
-            target,
-            threads,
-            deadline,
-            _mlflow_environment(config, study_dir),
-            _trial_runs(config, study_dir, mlflow_parent),
-        )
-        worker_loop(study, settings)
+        worker_loop(study, _worker_settings(opened, study_dir, target, deadline, threads))
     else:
         _run_worker_processes(study, study_dir, workers, target, deadline, threads)
     # 4. the summary
-    return summarize(study, study_dir, meta)
+    return write_summary(study, study_dir, meta)
 
 
 def _remember(study_dir: Path, config: Config, prepared_dir: Path, storage: str | None) -> None:
@@ -114,15 +130,14 @@ def _remember(study_dir: Path, config: Config, prepared_dir: Path, storage: str 
                 f"{study_dir} is a study with a different config ({changed}); "
                 "continue it with the same config, or start a new study directory"
             )
-    else:
-        save_config(config, config_path)
+    save_config(config, config_path)  # new, or with new CONTINUE_OVERRIDABLE values
     if not meta_path.exists():
         meta = {
             "name": study_dir.name,
             "storage": storage_url(storage, study_dir),
             "prepared_dir": str(prepared_dir),
         }
-        meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_json_atomic(meta_path, meta)
 
 
 def _run_worker_processes(
@@ -145,7 +160,11 @@ def _run_worker_processes(
     for index in range(workers):
         log_path = study_dir / f"worker_{index}.log"
         with log_path.open("ab") as log_file:
-            processes.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    [*command, "--index", str(index)], stdout=log_file, stderr=subprocess.STDOUT
+                )
+            )
     log.info("%d workers started (logs: %s/worker_*.log)", workers, study_dir)
     try:
         _follow(study, processes, target)
@@ -180,7 +199,7 @@ def _finished(study: optuna.Study) -> int:
     return counted_trials(study) - running
 
 
-def summarize(study: optuna.Study, study_dir: Path, meta: dict[str, Any]) -> StudyResult:
+def write_summary(study: optuna.Study, study_dir: Path, meta: dict[str, Any]) -> StudyResult:
     """Write summary.json and summary.md; return the result."""
     trials = study.get_trials(deepcopy=False)
     counts = {
@@ -283,20 +302,24 @@ def _trial_runs(config: Config, study_dir: Path, parent: str) -> Any:
 
 
 def worker_settings(
-    study_dir: Path, target: int, deadline: float, threads: int
+    study_dir: Path, target: int, deadline: float, threads: int, index: int
 ) -> tuple[optuna.Study, WorkerSettings]:
-    """What a worker process needs, read back from the study directory."""
-    meta = json.loads((study_dir / STUDY_FILE).read_text(encoding="utf-8"))
-    config = load_config(study_dir / "config.yaml")
-    study = load_or_create_study(meta["name"], meta["storage"], config.tuning)
-    parent = study.user_attrs["mlflow_run_id"]
-    return study, WorkerSettings(
-        study_dir,
-        Path(meta["prepared_dir"]),
-        config,
-        target,
-        threads,
-        deadline,
-        _mlflow_environment(config, study_dir),
-        _trial_runs(config, study_dir, parent),
+    """What worker process number `index` needs, read back from the study directory."""
+    opened = open_study(study_dir, worker=index)
+    return opened.study, _worker_settings(opened, study_dir, target, deadline, threads)
+
+
+def _worker_settings(
+    opened: OpenStudy, study_dir: Path, target: int, deadline: float, threads: int
+) -> WorkerSettings:
+    config = opened.config
+    return WorkerSettings(
+        study_dir=study_dir,
+        prepared_dir=Path(opened.meta["prepared_dir"]),
+        config=config,
+        target=target,
+        threads=threads,
+        deadline=deadline,
+        environment=_mlflow_environment(config, study_dir),
+        mlflow=_trial_runs(config, study_dir, opened.study.user_attrs["mlflow_run_id"]),
     )

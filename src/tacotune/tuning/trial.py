@@ -3,11 +3,11 @@
     python -m tacotune.tuning.trial --config STUDY/config.yaml --prepared DIR --run-dir DIR
         --values '{"train.learning_rate": 0.001}' --report-fd N --verdict-fd M
 
-Its worker owns the Optuna trial. After each evaluation the training callback
+Its worker owns the Optuna trial. After each evaluation the trial's run listener
 writes {"step", "score"} to the report pipe and waits for "continue" or "prune" on
 the verdict pipe: trial.report / should_prune run in the worker. The last line
-written is the outcome. Memory (and GPU memory) is freed by the process exiting;
-the trial starts from fresh weights, never from another trial's.
+written is the outcome (names.TrialOutcome). Memory (and GPU memory) is freed by
+the process exiting; the trial starts from fresh weights, never from another trial's.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from tacotune.config.load import load_config
 from tacotune.errors import TacotuneError
+from tacotune.names import TrialOutcome
+from tacotune.runlog import RunListener, StopTraining
+from tacotune.signals import interrupt_on_sigterm
 from tacotune.supervision.guard import TrainingDiverged
+from tacotune.tracking import run_listeners
 from tacotune.train import train
-from tacotune.train.evaluate import Evaluation
-from tacotune.train.loop import StopTraining
 from tacotune.tuning.space import apply
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,17 @@ class WorkerGone(Exception):
     """The worker closed its pipe (it died): there is nobody left to report to."""
 
 
-class Channel:
-    """The trial's two pipes to its worker."""
+class Channel(RunListener):
+    """The trial's two pipes to its worker; as a run listener it reports every evaluation."""
 
     def __init__(self, report_fd: int, verdict_fd: int) -> None:
         self.report: IO[str] = os.fdopen(report_fd, "w", buffering=1, encoding="utf-8")
         self.verdict: IO[str] = os.fdopen(verdict_fd, "r", encoding="utf-8")
 
-    def evaluation(self, step: int, evaluation: Evaluation) -> None:
-        """The training callback: report, then obey the verdict."""
-        score = evaluation.score if math.isfinite(evaluation.score) else None
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Report the evaluation's score, then obey the verdict."""
+        value = metrics.get("score", math.inf)
+        score = value if math.isfinite(value) else None
         self._send({"type": "evaluation", "step": step, "score": score})
         answer = self.verdict.readline()
         if not answer:
@@ -59,9 +61,9 @@ class Channel:
         if answer.strip() == "prune":
             raise Pruned(f"pruned at step {step}")
 
-    def outcome(self, **fields: Any) -> None:
+    def outcome(self, state: TrialOutcome, **fields: Any) -> None:
         """The last message: complete / pruned / fail / interrupted."""
-        self._send({"type": "outcome", **fields})
+        self._send({"type": "outcome", "state": str(state), **fields})
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -83,31 +85,32 @@ def run(args: argparse.Namespace) -> int:
             "train.threads": args.threads,
         }
         config = apply(base, {**json.loads(args.values), **budget})
-        result = train(config, args.prepared, args.run_dir, on_eval=channel.evaluation)
+        listeners = [*run_listeners(config, args.run_dir), channel]
+        result = train(config, args.prepared, args.run_dir, listeners=listeners)
     except Pruned as pruned:
-        channel.outcome(state="pruned", reason=str(pruned))
+        channel.outcome(TrialOutcome.PRUNED, reason=str(pruned))
         return 0
     except TrainingDiverged as diverged:
-        channel.outcome(state="fail", reason=str(diverged))
+        channel.outcome(TrialOutcome.FAIL, reason=str(diverged))
         return 0
     except TacotuneError as error:  # an impossible combination of values, a data problem...
-        channel.outcome(state="fail", reason=f"{type(error).__name__}: {error}")
+        channel.outcome(TrialOutcome.FAIL, reason=f"{type(error).__name__}: {error}")
         return 0
     except KeyboardInterrupt:
-        channel.outcome(state="interrupted", reason="interrupted (last.pt was saved)")
+        channel.outcome(TrialOutcome.INTERRUPTED, reason="interrupted (last.pt was saved)")
         return 130
     except WorkerGone:
         log.error("the worker is gone; stopping this trial")
         return 3
     if not math.isfinite(result.best_score):
-        channel.outcome(state="fail", reason="no evaluation produced a finite score")
+        channel.outcome(TrialOutcome.FAIL, reason="no evaluation produced a finite score")
         return 0
     channel.outcome(
-        state="complete",
+        TrialOutcome.COMPLETE,
         value=result.best_score,
         best_step=result.best_step,
         step=result.step,
-        stop_reason=result.stop_reason,
+        stop_reason=str(result.stop_reason),
     )
     return 0
 
@@ -131,12 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    signal.signal(signal.SIGTERM, _interrupt)  # the worker stops a trial with SIGTERM
+    interrupt_on_sigterm()  # the worker stops a trial with SIGTERM (training saves first)
     return run(args)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

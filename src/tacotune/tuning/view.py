@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tacotune.config.load import load_config
 from tacotune.tuning.space import short_values
-from tacotune.tuning.storage import load_or_create_study
+from tacotune.tuning.study import open_study
 
 SHOWN_TRIALS = 15  # the newest trials in the table
 STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
@@ -71,9 +69,8 @@ def _open_study(study_dir: Path) -> tuple[str, optuna.Study]:
     """The study's name and handle, opened once per directory: the live view refreshes every
     few seconds, and a reopened journal storage would replay the whole log each time (an open
     one reads only what was appended)."""
-    meta = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
-    tuning = load_config(study_dir / "config.yaml").tuning
-    return meta["name"], load_or_create_study(meta["name"], meta["storage"], tuning)
+    opened = open_study(study_dir)
+    return opened.meta["name"], opened.study
 
 
 def render_study(snap: StudySnapshot) -> RenderableType:

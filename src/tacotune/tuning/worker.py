@@ -27,6 +27,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tacotune.config.schema import Config
+from tacotune.names import TrialOutcome
+from tacotune.signals import interrupt_on_sigterm
 from tacotune.tuning import space
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class WorkerSettings:
 class Outcome:
     """How a trial ended, as its process reported it (or as its exit showed)."""
 
-    state: str  # complete | pruned | fail | interrupted
+    state: TrialOutcome  # complete | pruned | fail | interrupted | lost (no outcome reported)
     value: float | None = None
     reason: str = ""
 
@@ -77,7 +79,7 @@ def worker_loop(study: optuna.Study, settings: WorkerSettings) -> int:
         outcome = run_trial(study, trial, values, settings, minutes)
         _tell(study, trial, outcome)
         ran += 1
-        if outcome.state == "interrupted":
+        if outcome.state == TrialOutcome.INTERRUPTED:
             raise KeyboardInterrupt
     return ran
 
@@ -153,12 +155,12 @@ def run_trial(
         process.wait()
     except KeyboardInterrupt:
         _stop(process)
-        outcome = Outcome("interrupted", reason="interrupted; the trial is queued again")
+        outcome = Outcome(TrialOutcome.INTERRUPTED, reason="interrupted; the trial is queued again")
     finally:
         beating.stop()
-    if outcome.state == "lost":
+    if outcome.state == TrialOutcome.LOST:
         outcome = Outcome(
-            "fail",
+            TrialOutcome.FAIL,
             reason=f"the trial process exited with code "
             f"{process.returncode} without an outcome; see "
             f"{trial_dir / 'trial.log'}:\n{_tail(trial_dir)}",
@@ -199,28 +201,34 @@ def _trial_command(
 
 
 def _relay(trial: optuna.Trial, reports: IO[str], verdicts: IO[str]) -> Outcome:
-    """Answer every evaluation with a pruning verdict; return the trial's last word."""
+    """Answer every evaluation with a pruning verdict; return the trial's last word.
+
+    The pruner sees the best score so far, not the latest: early scores are noisy, and a
+    trial must not be pruned for one unlucky evaluation after a good one."""
+    best = math.inf
     for line in reports:
         message = json.loads(line)
         if message["type"] == "evaluation":
             score = message["score"]
-            trial.report(math.inf if score is None else score, message["step"])
+            best = min(best, math.inf if score is None else score)
+            trial.report(best, message["step"])
             verdicts.write("prune\n" if trial.should_prune() else "continue\n")
         else:
-            return Outcome(message["state"], message.get("value"), message.get("reason", ""))
-    return Outcome("lost")
+            state = TrialOutcome(message["state"])
+            return Outcome(state, message.get("value"), message.get("reason", ""))
+    return Outcome(TrialOutcome.LOST)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
-    if outcome.state == "complete":
+    if outcome.state == TrialOutcome.COMPLETE:
         study.tell(trial, outcome.value)
         log.info("trial %d complete: score %.4f", trial.number, outcome.value)
-    elif outcome.state == "pruned":
+    elif outcome.state == TrialOutcome.PRUNED:
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d pruned (%s)", trial.number, outcome.reason)
     else:
         trial.set_user_attr("fail_reason", outcome.reason)
-        if outcome.state == "interrupted":
+        if outcome.state == TrialOutcome.INTERRUPTED:
             trial.set_user_attr("requeued", True)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         study.tell(trial, state=TrialState.FAIL)
@@ -257,13 +265,17 @@ def _reclaim(study: optuna.Study, config: Config) -> list[int]:
         )
         # Optuna exposes no public way to address another process's running trial
         orphan = optuna.trial.Trial(study, frozen._trial_id)
-        orphan.set_user_attr("fail_reason", reason)
         retries = frozen.user_attrs.get("retries", 0)
         requeue = retries < config.tuning.retries
-        orphan.set_user_attr("requeued", requeue)
         try:
+            orphan.set_user_attr("fail_reason", reason)
+            orphan.set_user_attr("requeued", requeue)
             study.tell(frozen.number, state=TrialState.FAIL)
-        except ValueError:  # "Cannot tell a FAIL trial": another machine was first
+        except optuna.exceptions.UpdateFinishedTrialError:  # another machine was first
+            continue
+        except ValueError as error:  # ... and finished it before we read it again
+            if not str(error).startswith("Cannot tell a "):
+                raise
             continue
         if requeue:
             study.enqueue_trial(
@@ -320,7 +332,6 @@ def _tail(trial_dir: Path, lines: int = 15) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m tacotune.tuning.worker STUDY_DIR`: one worker process of `tacotune tune`."""
     import argparse
-    import signal
 
     from tacotune.tuning.study import worker_settings
 
@@ -329,18 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=int, required=True)
     parser.add_argument("--deadline", type=float, default=math.inf)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--index", type=int, default=0, help="this worker's number (0, 1, ...)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)  # `tacotune tune` stops its workers with SIGTERM
-    study, settings = worker_settings(args.study_dir, args.target, args.deadline, args.threads)
+    interrupt_on_sigterm()  # `tacotune tune` stops its workers with SIGTERM
+    study, settings = worker_settings(
+        args.study_dir, args.target, args.deadline, args.threads, args.index
+    )
     try:
         worker_loop(study, settings)
     except KeyboardInterrupt:

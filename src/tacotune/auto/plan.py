@@ -1,0 +1,155 @@
+"""How `tacotune auto` spends its budget on this machine: the model size, whether to search
+and for how long, and how much time the final model gets — with the reasons, in words.
+
+The rule (the step rate is measured here, on the prepared data, with a few real steps):
+- A trial teaches the search something only once the voice metric separates its settings
+  from the others'. On the demo corpus that takes about MIN_TRIAL_STEPS steps
+  (bench/quality.py); a trial that cannot reach them in its share of the budget is not run.
+- The final model matters most: it gets at least FINAL_SHARE of what is left after
+  preparing the data, warm-started from the best trial. With room for fewer than
+  MIN_TRIALS useful trials there is no search at all, and with fewer than WIDE_SEARCH
+  only the settings that matter most on small budgets are tuned (FEW_SETTINGS).
+- The paper-size model (base.yaml) needs a GPU and about an hour of speech; anything
+  else trains the small model (demo.yaml). An explicit --config always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tacotune.config.schema import Config, SearchDimension
+
+MIN_TRIAL_STEPS = 600  # steps before the voice metric tells settings apart (demo corpus)
+TRIAL_OVERHEAD_MINUTES = 0.5  # process start, data loading, evaluations of one trial
+MIN_TRIALS = 2  # fewer trials than this cannot compare anything
+WIDE_SEARCH = 6  # with fewer trials, only FEW_SETTINGS are searched
+FEW_SETTINGS = ("train.learning_rate", "loss.guided_attn_weight")  # matter most early on
+FINAL_SHARE = 0.5  # of the budget after preparation, at least, for the final model
+MIN_FINAL_MINUTES = 1.0
+PAPER_SIZE_GPU_GIB = 12.0  # the paper-size model at batch 32 fits in this much GPU memory
+PAPER_SIZE_HOURS = 1.0  # of kept speech before the paper-size model is worth its size
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What `auto` trains on."""
+
+    cpu_cores: int
+    native_bf16: bool  # the CPU computes bf16 natively (AVX512-BF16 / AMX)
+    gpu: str  # the CUDA device's name; "" without one
+    gpu_memory_gib: float
+
+    def describe(self) -> str:
+        """E.g. "1 GPU (NVIDIA H100, 79 GiB)" or "2 CPU cores (bf16)"."""
+        if self.gpu:
+            return f"1 GPU ({self.gpu}, {self.gpu_memory_gib:.0f} GiB)"
+        return f"{self.cpu_cores} CPU cores" + (" (bf16)" if self.native_bf16 else "")
+
+
+def detect_hardware() -> Hardware:
+    """This machine: CUDA device 0 if any, else the CPU cores this process may use."""
+    from tacotune.train.setup import native_cpu_bf16
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        return Hardware(cores or 1, False, properties.name, properties.total_memory / 2**30)
+    return Hardware(cores or 1, native_cpu_bf16(), "", 0.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The split of a budget; `reasons` say why, one sentence each."""
+
+    preset: str  # "demo", "base", or "" for the user's --config
+    steps_per_second: float  # the rate the plan assumes
+    trials: int  # 0: no search
+    trial_minutes: float  # wall clock of one trial (training only)
+    tune_minutes: float  # the search's window
+    final_minutes: float  # the final model's training
+    tuned: tuple[str, ...]  # the settings searched
+    reasons: tuple[str, ...]
+
+    @classmethod
+    def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
+        """The plan as auto.json records it (lists for tuples, extra facts ignored)."""
+        return cls(
+            preset=str(facts["preset"]),
+            steps_per_second=float(facts["steps_per_second"]),
+            trials=int(facts["trials"]),
+            trial_minutes=float(facts["trial_minutes"]),
+            tune_minutes=float(facts["tune_minutes"]),
+            final_minutes=float(facts["final_minutes"]),
+            tuned=tuple(facts["tuned"]),
+            reasons=tuple(facts["reasons"]),
+        )
+
+
+def choose_preset(hardware: Hardware, hours: float) -> tuple[str, str]:
+    """The model size for this hardware and data, and why."""
+    if not hardware.gpu:
+        return "demo", (
+            f"the small model (demo.yaml): on {hardware.describe()} the paper-size model "
+            "trains too slowly to learn within any practical budget"
+        )
+    if hardware.gpu_memory_gib < PAPER_SIZE_GPU_GIB:
+        return "demo", (
+            f"the small model (demo.yaml): {hardware.describe()} has less than "
+            f"{PAPER_SIZE_GPU_GIB:.0f} GiB for the paper-size model"
+        )
+    if hours < PAPER_SIZE_HOURS:
+        return "demo", (
+            f"the small model (demo.yaml): {hours:.2f} h of speech is too little for the "
+            f"paper-size model (it needs about {PAPER_SIZE_HOURS:.0f} h)"
+        )
+    return "base", f"the paper-size model (base.yaml) on {hardware.describe()} with {hours:.1f} h"
+
+
+def make_plan(config: Config, preset: str, rate: float, minutes: float, reasons: list[str]) -> Plan:
+    """Split `minutes` (the budget left after preparing the data) between the search and
+    the final model, for a model that trains at `rate` steps per second."""
+    trial_minutes = MIN_TRIAL_STEPS / rate / 60
+    per_trial = trial_minutes + TRIAL_OVERHEAD_MINUTES
+    room = (1 - FINAL_SHARE) * minutes
+    trials = min(config.tuning.trials, math.floor(room / per_trial))
+    if trials < MIN_TRIALS:
+        reasons.append(
+            f"no search: a trial needs about {per_trial:.1f} min to reach {MIN_TRIAL_STEPS} "
+            f"steps (~{rate:.2f} steps/s), and {room:.1f} min leave room for fewer than "
+            f"{MIN_TRIALS}; the final model gets all {minutes:.1f} min"
+        )
+        return Plan(preset, rate, 0, 0.0, 0.0, minutes, (), tuple(reasons))
+    keys = tuple(d.key for d in config.tuning.space)
+    if trials < WIDE_SEARCH:
+        keys = tuple(k for k in keys if k in FEW_SETTINGS) or keys
+        reasons.append(
+            f"a narrow search: {trials} trials of {trial_minutes:.1f} min tune only "
+            f"{', '.join(keys)} (the settings that matter most early on)"
+        )
+    else:
+        reasons.append(f"a search of {trials} trials of {trial_minutes:.1f} min each")
+    tune = trials * per_trial
+    reasons.append(f"the final model trains {minutes - tune:.1f} min from the best trial's weights")
+    return Plan(preset, rate, trials, trial_minutes, tune, minutes - tune, keys, tuple(reasons))
+
+
+def planned_config(config: Config, plan: Plan) -> Config:
+    """`config` with the plan's search: its trial count, trial length and searched keys."""
+    space: tuple[SearchDimension, ...] = tuple(
+        d for d in config.tuning.space if d.key in plan.tuned
+    )
+    space = tuple(d for d in space if not d.when or d.when in plan.tuned)
+    tuning = dataclasses.replace(
+        config.tuning,
+        trials=max(plan.trials, 1),
+        trial_max_minutes=plan.trial_minutes,
+        space=space or config.tuning.space,
+    )
+    return config.replace(tuning=tuning).validate()
