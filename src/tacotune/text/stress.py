@@ -90,6 +90,10 @@ def load_dictionary(path: str | Path) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise StressError(f"cannot read stress dictionary {path}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise StressError(
+            f"stress dictionary {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
+        ) from error
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
