@@ -128,8 +128,9 @@ def _row(
 
 
 def _columns(rows: list[list[str]], allow_three: bool) -> int:
-    """The file's column count, decided once: 2, or 3 when most rows have 3 (on a tie, the
-    first row's). A row with another count is malformed, never re-read with other columns."""
+    """The file's column count, decided once: 2, or 3 when more rows have 3 than 2 (on a tie,
+    whichever of 2 and 3 comes first). A row with another count is malformed, never re-read
+    with other columns."""
     if not allow_three:
         return 2
     counts = Counter(len(fields) for fields in rows if len(fields) in (2, 3))
