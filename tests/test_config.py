@@ -133,3 +133,17 @@ def test_yaml_off_means_the_word_off_for_choice_fields(tmp_path: Path) -> None:
     path.write_text("text:\n  stress: off\n", encoding="utf-8")  # YAML 1.1 reads off as False
     assert load_config(path).text.stress == "off"
     assert load_config(None, ["text.stress=off"]).text.stress == "off"
+
+
+def test_a_prepared_datasets_config_is_read_with_the_same_guarded_loader(tmp_path: Path) -> None:
+    from tacotune.data.manifest import load_prepared
+
+    (tmp_path / "manifest.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "config.yaml").write_text("text: &t {stress: 'off'}\ndata: *t\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        load_prepared(tmp_path)
+
+
+def test_legacy_hparams_values_refuse_aliases_too() -> None:
+    with pytest.raises(ConfigError, match=r"--hparams batch_size: anchors and aliases"):
+        translate_hparams("batch_size=&n 16")

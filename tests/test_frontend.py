@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tacotune.config import TextConfig
 from tacotune.errors import TextError, UnknownSymbolError
-from tacotune.text.frontend import TextFrontend, ids_to_text
+from tacotune.text.frontend import MAX_TEXT_CHARACTERS, TextFrontend, ids_to_text
 from tacotune.text.normalize import normalize_text
 from tacotune.text.symbols import EOS_ID, LETTERS, PAD, SYMBOL_TO_ID, SYMBOLS
 
@@ -44,6 +44,24 @@ def test_unknown_characters_are_reported_with_count_and_position() -> None:
     assert found == {"😀": (2, (7, 13)), "日": (1, (15,))}
     with pytest.raises(UnknownSymbolError, match=r"U\+1F600\) x2 at 7, 13"):
         result.require_ids()
+
+
+def test_unknown_characters_are_located_in_the_text_as_written() -> None:
+    raw = "За\u0301мок в 2024 году 😀 и Щ\u0308!"  # a stress mark and a number come first
+    result = MANUAL.process(raw)
+    found = {u.char: (u.count, u.positions) for u in result.unknown}
+    assert found == {"😀": (1, (raw.index("😀"),)), "\u0308": (1, (raw.index("\u0308"),))}
+    with pytest.raises(UnknownSymbolError, match=rf"U\+1F600\) x1 at {raw.index('😀')}\b"):
+        result.require_ids()
+    latin = TextFrontend(TextConfig(stress="manual", latin="report")).process("в 5 Ké")
+    assert {u.char: u.positions for u in latin.unknown} == {"k": (4,), "é": (5,)}
+
+
+def test_a_text_beyond_the_limit_is_refused_before_any_work() -> None:
+    text = "а" * MAX_TEXT_CHARACTERS
+    assert MANUAL.process(text).stressed == text
+    with pytest.raises(TextError, match=f"more than the {MAX_TEXT_CHARACTERS} one call reads"):
+        MANUAL.process(text + "б")
 
 
 def test_latin_can_be_reported_instead_of_spelled() -> None:

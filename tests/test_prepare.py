@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 
 from tacotune.config import Config, load_config
+from tacotune.data.formats import check_id
 from tacotune.data.manifest import load_prepared
-from tacotune.data.prepare import prepare_dataset
+from tacotune.data.prepare import inside_output, prepare_dataset
 from tacotune.errors import DatasetError
 
 from conftest import SR, AudioSpec, for_text, good_rows, speechlike
@@ -180,3 +181,39 @@ def test_automatic_stress_is_applied_and_counted(make_ljspeech: Builder) -> None
     assert report["information"]["stress_marks_by_source"]["auto"] > 30
     entry = load_prepared(data.parent / "out").entries[0]
     assert entry.text == "м+ама м+ыла р+аму с утр+а."
+
+
+@pytest.mark.parametrize(
+    "utt_id", ["good_00", "LJ001-0001", "RUSLAN_0001", "запись 1", "a.b", "_x"]
+)
+def test_plain_ids_are_accepted(utt_id: str) -> None:
+    assert check_id(utt_id) == ""
+
+
+@pytest.mark.parametrize(
+    "utt_id", ["../x", "/abs/x", "a/b", "a\\b", ".hidden", " lead", "..", "x" * 101, "a\x00b"]
+)
+def test_ids_that_are_no_plain_name_are_refused(utt_id: str) -> None:
+    assert "is not a plain name" in check_id(utt_id)
+
+
+def test_files_prepare_writes_stay_inside_the_output_directory() -> None:
+    assert inside_output("mels", "abc", "good_00.npy") == "mels/abc/good_00.npy"
+    for parts in [("mels", "abc", "../../../x.npy"), ("mels", "/etc/x.npy"), ("..", "x")]:
+        with pytest.raises(DatasetError, match="outside the prepared directory"):
+            inside_output(*parts)
+
+
+def test_a_three_column_file_keeps_three_columns_for_every_row(make_ljspeech: Builder) -> None:
+    data = make_ljspeech(good_rows())
+    metadata = data / "metadata.csv"
+    lines = metadata.read_text(encoding="utf-8").splitlines()
+    rows = [f"{line}|{line.split('|')[1]}" for line in lines[:-1]] + [lines[-1]]  # last: 2 columns
+    metadata.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = prepare_dataset(data, data.parent / "out", _config()).report
+    example = report["excluded"]["malformed_row"]["examples"][0]
+    assert example["where"] == "metadata.csv:10"
+    assert example["detail"] == (
+        "expected 3 columns (id|raw|normalized) like the rest of metadata.csv, found 2"
+    )
+    assert report["totals"]["kept"] == 9

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from tacotune.errors import StressError
-from tacotune.text.stress import Stresser, convert_input_marks, load_dictionary, silero_accentor
+from tacotune.text.stress import (
+    MAX_STRESS_WORD_LETTERS,
+    Stresser,
+    convert_input_marks,
+    load_dictionary,
+    silero_accentor,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +63,18 @@ def test_off_mode_strips_every_mark() -> None:
 def test_misplaced_mark_is_an_error_not_a_guess() -> None:
     with pytest.raises(StressError, match="immediately before the stressed vowel"):
         Stresser("manual").apply("з+мок")
+
+
+def test_a_word_beyond_the_limit_is_refused_before_the_accentor_runs() -> None:
+    def forbidden(text: str) -> str:
+        raise AssertionError("the accentor must not see an over-long word")
+
+    at_limit = "д" + "а" * (MAX_STRESS_WORD_LETTERS - 1)
+    assert Stresser("auto", accentor=lambda t: t).apply(f"дом {at_limit}").text.endswith("а")
+    too_long = "з+" + "а" * MAX_STRESS_WORD_LETTERS  # the mark is no letter
+    with pytest.raises(StressError, match=rf"word 2 .* has {MAX_STRESS_WORD_LETTERS + 1} letters"):
+        Stresser("auto", accentor=forbidden).apply(f"дом {too_long} стоит")
+    assert Stresser("manual", accentor=forbidden).apply(too_long).text == too_long  # no cost
 
 
 def test_accentor_that_changes_words_is_refused() -> None:

@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 from tacotune import __version__, progress
 from tacotune.config import Config, dump_config, load_config
-from tacotune.errors import ConfigError, DatasetError, TacotuneError
+from tacotune.errors import ConfigError, DatasetError, TacotuneError, TextError
 from tacotune.signals import interrupt_on_sigterm
 
 log = logging.getLogger("tacotune")
@@ -343,17 +343,18 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.file is None):
         raise ConfigError("give either TEXT or --file")
-    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
     if args.text is not None:
         jobs = [(args.text, Path(args.output))]
     else:
-        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        lines = _read_text_file(Path(args.file), "--file").splitlines()
         out_dir = Path(args.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         jobs = [
             (line, out_dir / f"{i:04d}.wav")
             for i, line in enumerate((x for x in lines if x.strip()), start=1)
         ]
+    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)  # after the cheap checks
+    if args.file is not None:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     summary = []
     speeches = synthesizer.speak_all([text for text, _ in jobs])
     for (text, path), speech in zip(jobs, speeches, strict=True):
@@ -395,6 +396,18 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
             json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
         )
     return 0
+
+
+def _read_text_file(path: Path, flag: str) -> str:
+    """A UTF-8 text file named on the command line; unreadable or not UTF-8: a TextError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TextError(f"{flag} {path}: cannot read it ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise TextError(
+            f"{flag} {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
+        ) from error
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:

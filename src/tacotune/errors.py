@@ -7,6 +7,23 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+# repr() of a value shown in a message: bounded work and length, whatever the value holds
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+SHORT_REPR_LIMIT = 80  # characters
+
+
+def short_repr(value: Any, limit: int = SHORT_REPR_LIMIT) -> str:
+    """`repr(value)` cut to at most `limit` characters without building the whole repr
+    (user input in an error message must not make the message, or its formatting, unbounded)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class TacotuneError(Exception):
     """Base class of every user-facing error."""

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from tacotune.errors import ConfigError
+from tacotune.config.load import load_yaml
+from tacotune.errors import ConfigError, short_repr
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ _DEAD = Rejected("it had no effect in the predecessor (dead setting); tacotune h
 
 def _precision(fp16: Any) -> str:
     if not isinstance(fp16, bool):
-        raise ConfigError(f"fp16_run must be True or False, found {fp16!r}")
+        raise ConfigError(f"fp16_run must be True or False, found {short_repr(fp16)}")
     return "fp16" if fp16 else "fp32"
 
 
@@ -231,7 +230,7 @@ def translate_hparams(hparams: str) -> dict[str, dict[str, Any]]:
         name, sep, text = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            problems.append(f"{item!r} is not name=value")
+            problems.append(f"{short_repr(item)} is not name=value")
             continue
         entry = LEGACY.get(name)
         if entry is None:
@@ -239,12 +238,12 @@ def translate_hparams(hparams: str) -> dict[str, dict[str, Any]]:
 
             close = difflib.get_close_matches(name, list(LEGACY), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown hparam {name!r}{hint}; use --set section.key=value")
+            problems.append(f"unknown hparam {short_repr(name)}{hint}; use --set section.key=value")
             continue
         if isinstance(entry, Rejected):
             problems.append(f"hparam {name!r} is not supported: {entry.reason}")
             continue
-        value = _parse_value(text.strip())
+        value = _parse_value(text.strip(), name)
         if entry.convert is not None:
             value = entry.convert(value)
         section, _, key = entry.target.partition(".")
@@ -270,9 +269,9 @@ def _split_items(hparams: str) -> list[str]:
     return [i.strip() for i in items if i.strip()]
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, name: str) -> Any:
     if text in ("True", "False"):
         return text == "True"
     if text == "None":
         return None
-    return yaml.safe_load(text)
+    return load_yaml(text, f"--hparams {name}")

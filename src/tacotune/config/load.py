@@ -21,9 +21,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from tacotune.config.schema import Config
-from tacotune.errors import ConfigError
+from tacotune.errors import ConfigError, short_repr
 
 PRESETS: Traversable = files("tacotune") / "configs"  # the bundled presets, shipped in the wheel
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KB; a larger file is refused before parsing
+MAX_YAML_DEPTH = 16  # configs nest section > key > list (> list); deeper input is no config
 _YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
@@ -64,8 +66,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
         key, value = _split_assignment(item, "--set")
         section, _, name = key.partition(".")
         if not name:
-            raise ConfigError(f"--set needs section.key=value, found {item!r}")
-        _merge(tree, {section: {name: yaml.safe_load(value)}})
+            raise ConfigError(f"--set needs section.key=value, found {short_repr(item)}")
+        _merge(tree, {section: {name: load_yaml(value, f"--set {short_repr(item)}")}})
     return tree
 
 
@@ -79,7 +81,7 @@ def resolve_config_path(path: str | Path) -> Path | Traversable:
     if bundled.is_file():
         return bundled
     raise ConfigError(
-        f"config file {str(path)!r} not found, and it is no bundled preset; "
+        f"config file {short_repr(str(path))} not found, and it is no bundled preset; "
         f"presets: {preset_names()}"
     )
 
@@ -126,7 +128,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):  # YAML 1.1 reads a bare off/no/on/yes as a boolean
             value = next((c for c in _YAML_BOOL_WORDS[value] if c in choices), value)
         if value not in choices:
-            raise ConfigError(f"{key} must be one of {list(choices)}, found {value!r}")
+            raise ConfigError(f"{key} must be one of {list(choices)}, found {short_repr(value)}")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -135,32 +137,34 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 return coerce(value, option, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(f"{key}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
+        raise ConfigError(
+            f"{key}: {short_repr(value)} fits none of the allowed types ({'; '.join(errors)})"
+        )
     if origin is tuple:
         return _coerce_tuple(value, get_args(annotation), key)
     if dataclasses.is_dataclass(annotation):
         return _coerce_dataclass(value, annotation, key)
     if annotation is type(None):
         if value is not None:
-            raise ConfigError(f"{key} must be null, found {value!r}")
+            raise ConfigError(f"{key} must be null, found {short_repr(value)}")
         return None
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, found {value!r}")
+            raise ConfigError(f"{key} must be true or false, found {short_repr(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, found {value!r}")
+            raise ConfigError(f"{key} must be an integer, found {short_repr(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             value = _number_or_text(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, found {value!r}")
+            raise ConfigError(f"{key} must be a number, found {short_repr(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, found {value!r}")
+            raise ConfigError(f"{key} must be a string, found {short_repr(value)}")
         return value
     raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")
 
@@ -171,7 +175,7 @@ def _coerce_dataclass(value: Any, cls: Any, key: str) -> Any:
         return value
     where = key or "the config"
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping, found {value!r}")
+        raise ConfigError(f"{where} must be a mapping, found {short_repr(value)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -195,11 +199,11 @@ def _coerce_dataclass(value: Any, cls: Any, key: str) -> Any:
 
 def _coerce_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple[Any, ...]:
     if not isinstance(value, list | tuple):
-        raise ConfigError(f"{key} must be a list, found {value!r}")
+        raise ConfigError(f"{key} must be a list, found {short_repr(value)}")
     if len(args) == 2 and args[1] is Ellipsis:
         return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
-        raise ConfigError(f"{key} must have {len(args)} items, found {value!r}")
+        raise ConfigError(f"{key} must have {len(args)} items, found {short_repr(value)}")
     return tuple(
         coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
     )
@@ -220,26 +224,98 @@ def _section_type(name: str) -> type:
 def _unknown(kind: str, name: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown config {kind} {name!r}{hint}"
+    return f"unknown config {kind} {short_repr(name)}{hint}"
 
 
 def _split_assignment(item: str, flag: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"{flag} needs key=value, found {item!r}")
+        raise ConfigError(f"{flag} needs key=value, found {short_repr(item)}")
     return key.strip(), value.strip()
 
 
 def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
+    """A config file's mapping of sections; every way it can be unreadable is a ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a YAML file; give the config file itself")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is larger than {MAX_CONFIG_BYTES} bytes: that is no tacotune config "
+            "(a full one is a few KB)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not a UTF-8 text file (byte {error.start}): a config is YAML text "
+            "such as the config.yaml of a run; re-save it as UTF-8"
+        ) from error
+    data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, found {type(data).__name__}")
     return data
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases and nesting deeper than MAX_YAML_DEPTH.
+
+    An alias makes a few hundred bytes expand into billions of values ("billion laughs"),
+    and a config never needs one; deep nesting would exhaust the recursive composer.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                "anchors and aliases (&name, *name) are not allowed in tacotune configs; "
+                "write each value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(
+                f"nested more than {MAX_YAML_DEPTH} levels deep; a config is "
+                "section: {key: value}",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that tacotune refuses to load (see _ConfigLoader)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(f"{problem} (line {mark.line + 1}, column {mark.column + 1})")
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML written by a user (a config file, a --set value): safe types only,
+    no anchors or aliases, bounded depth. `source` names it in errors."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    except _Refused as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from error
+    except ValueError as error:  # a number of 5000 digits, a date such as 2020-13-45
+        raise ConfigError(
+            f"{source} holds a value that cannot be converted ({error}); quote it if it is text"
+        ) from error
+    finally:
+        loader.dispose()
 
 
 def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tacotune.errors import ConfigError
+from tacotune.errors import ConfigError, short_repr
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
     problems = []
     keys = [d.key for d in tuning.space]
     for dim in tuning.space:
-        where = f"tuning.space {dim.key}"
+        where = f"tuning.space {short_repr(dim.key)}"
         if dim.key not in TUNABLE:
             problems.append(f"{where}: not tunable; tunable settings are {sorted(TUNABLE)}")
         ranged = dim.low is not None and dim.high is not None
@@ -386,7 +386,9 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
         elif ranged and dim.log and dim.low <= 0:  # type: ignore[operator]
             problems.append(f"{where}: a log-scaled range needs low > 0")
         if dim.when and dim.when not in keys:
-            problems.append(f"{where}: 'when' names {dim.when}, which is not in the space")
+            problems.append(
+                f"{where}: 'when' names {short_repr(dim.when)}, which is not in the space"
+            )
     if len(set(keys)) != len(keys):
         problems.append("tuning.space lists a setting twice")
     if tuning.trials < 1 or tuning.trial_max_steps < 1:

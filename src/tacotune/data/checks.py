@@ -16,6 +16,7 @@ class Reason(StrEnum):
     """Every way a row can be excluded."""
 
     MALFORMED_ROW = "malformed_row"
+    INVALID_ID = "invalid_id"
     DUPLICATE_ID = "duplicate_id"
     MISSING_AUDIO = "missing_audio"
     UNREADABLE_AUDIO = "unreadable_audio"
@@ -31,7 +32,9 @@ class Reason(StrEnum):
 
 
 REASON_HELP: dict[Reason, str] = {
-    Reason.MALFORMED_ROW: "the metadata line does not have the expected columns",
+    Reason.MALFORMED_ROW: "the metadata line does not have the columns the rest of the file has",
+    Reason.INVALID_ID: "the id is not a plain file name (letters, digits, _ - . and inner spaces; "
+    "no '/', no leading '.'): ids name files inside the dataset and output directories",
     Reason.DUPLICATE_ID: "the id was already used by an earlier line; ids must be unique",
     Reason.MISSING_AUDIO: "no audio file for the id (looked for .wav, .flac, .ogg)",
     Reason.UNREADABLE_AUDIO: "the audio file is corrupt or in a format soundfile cannot read",

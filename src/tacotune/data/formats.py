@@ -8,19 +8,28 @@ Supported (detected in this order):
   relative to the dataset directory); the user's split is kept.
 
 Audio may also be `.flac` (or any extension in AUDIO_EXTENSIONS) next to where `.wav` is expected.
-Malformed rows are returned as rows with a `problem`, never dropped.
+A file's column count is decided once, for the whole file (see `_columns`); a row that does not
+fit it is malformed. Malformed rows and rows whose id is no plain name (see ID_PATTERN) are
+returned with a `problem` / `id_problem`, never dropped; no audio is looked up for a bad id.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tacotune.errors import DatasetError
+from tacotune.errors import DatasetError, short_repr
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 RUSLAN_METADATA = "metadata_RUSLAN_22200.csv"
+# An id names files (its audio, its cached mel), so it is a plain file name: letters and digits
+# of any script, `_`, `-`, `.` and spaces inside; it starts with a letter, digit or `_` (never
+# a dot) and holds no path separator, so `../x` or `/abs/x` can never leave a directory.
+ID_PATTERN = re.compile(r"\w(?:[\w. -]*[\w.-])?")
+MAX_ID_LENGTH = 100  # characters; keeps `<id>.npy` under every file system's name limit
 
 Split = Literal["train", "val"]
 
@@ -37,6 +46,7 @@ class SourceRow:
     text: str  # what the frontend reads (the normalized column when there is one)
     split: Split | None  # the user's split, if the format carries one
     problem: str = ""  # a malformed line: why it cannot be used
+    id_problem: str = ""  # the id is no plain name (ID_PATTERN): why
 
 
 @dataclass(frozen=True)
@@ -90,24 +100,65 @@ def _lines(path: Path) -> list[str]:
         ) from error
 
 
+def check_id(utt_id: str) -> str:
+    """Why `utt_id` cannot name a file inside a directory, or "" when it can."""
+    if len(utt_id) <= MAX_ID_LENGTH and ID_PATTERN.fullmatch(utt_id):
+        return ""
+    return (
+        f"id {short_repr(utt_id)} is not a plain name: an id may hold letters, digits, '_', '-', "
+        f"'.' and inner spaces, starts with a letter, digit or '_' and has at most "
+        f"{MAX_ID_LENGTH} characters (no '/', no leading '.')"
+    )
+
+
+def _row(
+    utt_id: str,
+    number: int,
+    path: Path,
+    audio: Path | None,
+    texts: tuple[str, str],  # raw, and what the frontend reads
+    split: Split | None,
+    problem: str,
+) -> SourceRow:
+    """A SourceRow; its audio is looked up only when the id is a plain name."""
+    id_problem = check_id(utt_id) if utt_id else ""
+    found = find_audio(audio) if audio is not None and not id_problem else None
+    raw, text = texts
+    return SourceRow(utt_id, number, path.name, found, raw, text, split, problem, id_problem)
+
+
+def _columns(rows: list[list[str]], allow_three: bool) -> int:
+    """The file's column count, decided once: 2, or 3 when more rows have 3 than 2 (on a tie,
+    whichever of 2 and 3 comes first). A row with another count is malformed, never re-read
+    with other columns."""
+    if not allow_three:
+        return 2
+    counts = Counter(len(fields) for fields in rows if len(fields) in (2, 3))
+    return counts.most_common(1)[0][0] if counts else 2
+
+
 def _read_id_text(path: Path, audio_dir: Path, allow_three: bool) -> list[SourceRow]:
+    numbered = [(n, line.split("|")) for n, line in enumerate(_lines(path), 1) if line.strip()]
+    width = _columns([fields for _, fields in numbered], allow_three)
+    layout = "id|text" if width == 2 else "id|raw|normalized"
     rows = []
-    columns = "id|text or id|raw|normalized" if allow_three else "id|text"
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("|")
+    for number, fields in numbered:
         utt_id = fields[0].strip()
         problem = ""
-        if len(fields) == 2 or (allow_three and len(fields) == 3):
+        if len(fields) == width:
             raw, text = fields[1].strip(), fields[-1].strip()
         else:
             raw = text = "|".join(fields[1:]).strip()
-            problem = f"expected {columns}, found {len(fields)} fields"
+            problem = f"expected {width} columns ({layout}) like the rest of {path.name}, found "
+            problem += f"{len(fields)}" + (
+                ": a '|' inside the text is read as a column separator; remove it"
+                if len(fields) > width
+                else ""
+            )
         if not utt_id:
             problem = problem or "empty id"
-        audio = find_audio(audio_dir / utt_id) if utt_id else None
-        rows.append(SourceRow(utt_id, number, path.name, audio, raw, text, None, problem))
+        audio = audio_dir / utt_id if utt_id else None
+        rows.append(_row(utt_id, number, path, audio, (raw, text), None, problem))
     return rows
 
 
@@ -121,8 +172,7 @@ def _read_filelist(path: Path, root: Path, split: Split) -> list[SourceRow]:
         audio_field = audio_field.strip()
         audio_path = Path(audio_field) if Path(audio_field).is_absolute() else root / audio_field
         utt_id = audio_path.stem or f"{path.stem}_line{number}"
-        audio = find_audio(audio_path) if audio_field else None
-        rows.append(
-            SourceRow(utt_id, number, path.name, audio, text.strip(), text.strip(), split, problem)
-        )
+        audio = audio_path if audio_field else None
+        texts = (text.strip(), text.strip())
+        rows.append(_row(utt_id, number, path, audio, texts, split, problem))
     return rows

@@ -48,7 +48,7 @@ from tacotune.data.manifest import (
     write_manifest,
 )
 from tacotune.data.report import build_report, write_report
-from tacotune.errors import AudioError, DatasetError, TextError
+from tacotune.errors import AudioError, DatasetError, TextError, short_repr
 from tacotune.files import write_text_atomic
 from tacotune.text.frontend import TextFrontend
 from tacotune.text.symbols import LETTERS
@@ -85,6 +85,10 @@ def prepare_dataset(
     when `strict` and any row is excluded, or when too many rows are excluded."""
     started = time.monotonic()
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(
+            f"output {root} is a file, not a directory: give a directory to write to"
+        )
     root.mkdir(parents=True, exist_ok=True)
     layout = read_dataset(data_dir)
     frontend = TextFrontend(config.text)  # validates the stress dictionary before any work
@@ -137,6 +141,8 @@ def _early_decision(row: SourceRow, seen: set[str]) -> Decision | None:
     """Problems found without measuring anything."""
     if row.problem:
         return Decision(Reason.MALFORMED_ROW, row.problem)
+    if row.id_problem:
+        return Decision(Reason.INVALID_ID, row.id_problem)
     if row.id in seen:
         return Decision(Reason.DUPLICATE_ID, f"id {row.id!r} used again")
     seen.add(row.id)
@@ -151,7 +157,22 @@ def _job(row: SourceRow, audio_hash: str, text_hash: str) -> Job:
     key = _hash(
         row.id, str(row.audio_path), stat.st_size, stat.st_mtime_ns, row.text, text_hash, audio_hash
     )
-    return Job(key, row.text, str(row.audio_path), f"mels/{audio_hash}/{row.id}.npy")
+    return Job(
+        key, row.text, str(row.audio_path), inside_output("mels", audio_hash, f"{row.id}.npy")
+    )
+
+
+def inside_output(*parts: str) -> str:
+    """The path of a per-row file prepare writes (build every such path with this), relative to
+    the prepared directory. Raises DatasetError for one that would leave it (`..`, absolute):
+    ids are checked when read (formats.check_id); this guards whatever a path is built from.
+    The check is lexical, so a cache directory that the user made a symlink keeps working."""
+    relative = os.path.normpath(os.path.join(*parts))
+    if os.path.isabs(relative) or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise DatasetError(
+            f"refusing to write {short_repr(relative)}: it is outside the prepared directory"
+        )
+    return relative
 
 
 def _hash(*parts: Any) -> str:

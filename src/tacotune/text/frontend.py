@@ -3,11 +3,15 @@
     raw --convert_input_marks--> --normalize_text--> normalized --Stresser--> stressed --> ids
 
 A character outside the symbol table is never dropped: it is reported with its
-count and positions, and the text has no ids until it is fixed.
+count and its positions in the text as the user wrote it, and the text has no ids
+until it is fixed. One call reads at most MAX_TEXT_CHARACTERS; automatic stress
+also bounds the length of a word (stress.MAX_STRESS_WORD_LETTERS).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,20 +22,30 @@ from tacotune.text.normalize import normalize_text
 from tacotune.text.stress import Stresser, convert_input_marks, load_dictionary
 from tacotune.text.symbols import EOS, EOS_ID, PAD, SYMBOL_TO_ID, SYMBOLS
 
+# The longest text one call of `process` reads, in characters of the raw input: about four
+# pages, or ten minutes of speech. Every stage is linear below it (10,000 characters take
+# well under a second); the bound keeps one request from taking unbounded time or memory.
+MAX_TEXT_CHARACTERS = 10_000
+
 
 @dataclass(frozen=True)
 class UnknownCharacter:
-    """A character the model cannot read, where it occurs in the stressed text."""
+    """A character the model cannot read: how often, and where it stands."""
 
-    char: str
-    count: int
+    char: str  # as the frontend outputs it (lower-case, composed)
+    count: int  # occurrences in the model input
+    # 0-based indices in the text as the user wrote it (by `process`; in the model input for
+    # `find_unknown`); () when the character only appears after normalization
     positions: tuple[int, ...]
 
     def describe(self) -> str:
         """E.g. `'😀' (U+1F600) x2 at 4, 9`."""
+        head = f"{self.char!r} (U+{ord(self.char):04X}) x{self.count}"
+        if not self.positions:
+            return f"{head} (produced by normalization, not in the text as written)"
         where = ", ".join(str(p) for p in self.positions[:10])
         more = " ..." if len(self.positions) > 10 else ""
-        return f"{self.char!r} (U+{ord(self.char):04X}) x{self.count} at {where}{more}"
+        return f"{head} at {where}{more}"
 
 
 @dataclass(frozen=True)
@@ -77,10 +91,19 @@ class TextFrontend:
         self.stresser = stresser or Stresser(config.stress, self.dictionary)
 
     def process(self, raw: str) -> ProcessedText:
-        """Run every stage and report unknown characters."""
+        """Run every stage and report unknown characters (located in `raw`).
+
+        Raises TextError for a text longer than MAX_TEXT_CHARACTERS, StressError for a
+        malformed stress mark or (automatic stress) a word beyond MAX_STRESS_WORD_LETTERS.
+        """
+        if len(raw) > MAX_TEXT_CHARACTERS:
+            raise TextError(
+                f"the text has {len(raw)} characters, more than the {MAX_TEXT_CHARACTERS} one "
+                f"call reads (it starts {raw[:40]!r}); split it into paragraphs and pass each"
+            )
         normalized = normalize_text(convert_input_marks(raw), latin=self.config.latin)
         stressed = self.stresser.apply(normalized)
-        unknown = find_unknown(stressed.text)
+        unknown = locate_in_input(find_unknown(stressed.text), raw)
         ids = None if unknown else (*(SYMBOL_TO_ID[c] for c in stressed.text), EOS_ID)
         return ProcessedText(raw, normalized, stressed.text, ids, unknown, dict(stressed.sources))
 
@@ -116,6 +139,26 @@ def find_unknown(text: str) -> tuple[UnknownCharacter, ...]:
         if char not in SYMBOL_TO_ID or char in (PAD, EOS):
             positions.setdefault(char, []).append(index)
     return tuple(UnknownCharacter(c, len(p), tuple(p)) for c, p in positions.items())
+
+
+def locate_in_input(
+    unknown: tuple[UnknownCharacter, ...], raw: str
+) -> tuple[UnknownCharacter, ...]:
+    """`unknown` with positions in `raw`, the text as the user wrote it (one pass).
+
+    Normalization keeps unknown characters but lower-cases and composes them, so a raw
+    character matches when it is the character, its upper-case form, or a letter whose
+    combining mark composes into it. The positions are every place `raw` has it.
+    """
+    found: dict[str, list[int]] = {u.char: [] for u in unknown}
+    if not found:
+        return unknown
+    for index, char in enumerate(raw):
+        composed = unicodedata.normalize("NFC", raw[index : index + 2]).lower()
+        for form in {char, char.lower(), composed}:
+            if form in found:
+                found[form].append(index)
+    return tuple(dataclasses.replace(u, positions=tuple(found[u.char])) for u in unknown)
 
 
 def model_input_to_ids(text: str) -> tuple[int, ...]:

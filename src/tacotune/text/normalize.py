@@ -19,10 +19,15 @@ Readings a reviewer may want to know about:
 * "г." after a 4-digit number (1000-2100), or after a 3-digit number that
   follows a preposition, is "год"; otherwise "г" is "грамм".
 * Groups of three digits after a space join into one number ("1 000 000").
+* Three or more numbers joined by periods that are no real date ("45.13.2020",
+  "31.02.2021", a version "1.2.3", an address "192.168.0.1") are read number by
+  number with "точка" between them: "сорок пять точка тринадцать точка две тысячи
+  двадцать", as the digits are read aloud; never as a date or a decimal fraction.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 import unicodedata
 from collections.abc import Callable
@@ -112,6 +117,8 @@ _DATE_RE = re.compile(
     r"(?P<tail>\s?г\.|\s+года(?![а-яё]))?",
     re.IGNORECASE,
 )
+# Three or more numbers joined by periods ("1.2.3", "192.168.0.1", an impossible date).
+_DOTTED_RE = re.compile(r"(?<![\d.,])\d+(?:\.\d+){2,}(?![.,]?\d)")
 # A clock time hh:mm or hh:mm:ss.
 _TIME_RE = re.compile(
     r"(?<![\d:.,])(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?(?![\d:])"
@@ -254,6 +261,7 @@ def _expand_numbers(text: str) -> str:
     )
     passes: tuple[tuple[re.Pattern[str], Handler], ...] = (
         (_DATE_RE, _date_words),
+        (_DOTTED_RE, _dotted_words),
         (_TIME_RE, _time_words),
         (_YEAR_RE, _year_words),
         (_DAY_MONTH_RE, _day_month_words),
@@ -269,8 +277,10 @@ def _expand_numbers(text: str) -> str:
 def _date_words(match: re.Match[str]) -> tuple[str, int]:
     """ "12.05.2024" -> "двенадцатого мая две тысячи двадцать четвёртого года"."""
     day, month = int(match.group("d")), int(match.group("m"))
-    if not (1 <= day <= 31 and 1 <= month <= 12):
-        return _keep(match, match.end("d"))
+    try:
+        datetime.date(int(match.group("y")), month, day)
+    except ValueError:  # no such day ("45.13.2020", "31.02.2021"): _dotted_words reads it
+        return _keep(match, match.end("y"))
     case = num.date_case(num.prev_word(match.string, match.start()), "g")
     tail = match.group("tail") or ""
     words = (
@@ -278,6 +288,11 @@ def _date_words(match: re.Match[str]) -> tuple[str, int]:
         f"{num.ordinal(match.group('y'), 'g')} года"
     )
     return words + _period(match, tail.endswith(".")), match.end()
+
+
+def _dotted_words(match: re.Match[str]) -> tuple[str, int]:
+    """ "45.13.2020" -> "сорок пять точка тринадцать точка две тысячи двадцать"."""
+    return " точка ".join(num.cardinal(p) for p in match.group().split(".")), match.end()
 
 
 def _time_words(match: re.Match[str]) -> tuple[str, int]:

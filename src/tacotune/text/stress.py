@@ -43,6 +43,12 @@ _OPENING_APOSTROPHE = re.compile(r"(?:^|[\s(«\"])'(?=\w)")
 _WORD = re.compile(r"[а-яё+]+")
 # a stress mark that does not stand before a vowel
 _MISPLACED_MARK = re.compile(rf"\+(?![{VOWELS}])")
+# The longest word (in letters) automatic stress accepts. silero-stress's time and memory grow
+# with the square of a word's length (1,000 letters: 2.7 GB; 1,500: 7.6 GB and 102 s), while
+# the longest Russian dictionary words have about 35 letters. A longer word is refused before
+# silero-stress runs, not left unstressed: it is no speakable word, and refusing keeps one
+# request from holding a server's memory.
+MAX_STRESS_WORD_LETTERS = 64
 
 
 def convert_input_marks(text: str) -> str:
@@ -90,6 +96,10 @@ def load_dictionary(path: str | Path) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise StressError(f"cannot read stress dictionary {path}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise StressError(
+            f"stress dictionary {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
+        ) from error
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -144,7 +154,10 @@ class Stresser:
             check_marks(match.group())
         if self.mode == "off":
             return StressedText(text.replace(STRESS, ""), Counter(none=len(words)))
-        automatic = self._automatic(text, len(words)) if self.mode == "auto" else None
+        automatic = None
+        if self.mode == "auto":
+            check_word_lengths(words)
+            automatic = self._automatic(text, len(words))
         sources: Counter[str] = Counter()
         pieces, last = [], 0
         for index, match in enumerate(words):
@@ -181,6 +194,19 @@ class Stresser:
                 "Mark the stress yourself or set text.stress to 'manual'."
             )
         return words_out
+
+
+def check_word_lengths(words: list[re.Match[str]]) -> None:
+    """Raise StressError for the first word longer than MAX_STRESS_WORD_LETTERS."""
+    for number, match in enumerate(words, start=1):
+        word = match.group()
+        letters = len(word) - word.count(STRESS)
+        if letters > MAX_STRESS_WORD_LETTERS:
+            raise StressError(
+                f"word {number} of the normalized text ({word[:20] + '…'!r}) has {letters} "
+                f"letters, more than the {MAX_STRESS_WORD_LETTERS} letters automatic stress "
+                "accepts: split it with spaces or hyphens, or set text.stress to 'manual' or 'off'"
+            )
 
 
 @functools.cache
