@@ -352,7 +352,9 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
             (line, out_dir / f"{i:04d}.wav")
             for i, line in enumerate((x for x in lines if x.strip()), start=1)
         ]
-    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)  # after the cheap checks
+    synthesizer = Synthesizer(
+        args.checkpoint, device=args.device, seed=args.seed
+    )  # after the cheap checks
     if args.file is not None:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     summary = []
