@@ -119,6 +119,24 @@ def fast_griffin_lim(seed: int = 0) -> GriffinLim:
     return GriffinLim(dataclasses.replace(audio, griffin_lim_iters=4), seed)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model.gst=true", "model.prenet_dropout=0"),  # style tokens; no prenet_masks input
+        ("model.reduction_schedule=[[0, 3], [100, 2]]", "model.ddc=true"),  # r < the max r
+    ],
+)
+def test_parity_holds_for_model_variants(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    payload = untrained_payload(*overrides, "model.max_decoder_steps=12")
+    save_checkpoint(tmp_path / "model.pt", payload)
+    onnx_synth = OnnxSynthesizer(export_voice(tmp_path / "model.pt", tmp_path / "onnx"))
+    torch_synth = Synthesizer(payload)
+    chunks = [split_text(torch_synth.frontend, text)[0] for text in TEXTS[1:3]]
+    for want, got in zip(torch_synth.decode(chunks), onnx_synth.decode(chunks), strict=True):
+        assert got.mel.shape == want.mel.shape and reasons(got) == reasons(want)
+        assert float((got.mel - want.mel).abs().max()) < PARITY_TOLERANCE
+
+
 def test_speak_gives_the_same_audio_length_as_torch(voice: tuple[Path, Path]) -> None:
     text = "Мама мыла раму. " * 12 + "Кот спит."  # over MAX_CHUNK_CHARS: several pieces
     want = Synthesizer(stopping_payload(), vocoder=fast_griffin_lim(3), seed=3).speak(text)
