@@ -230,6 +230,7 @@ def test_missing_or_incomplete_export_directory_is_a_clear_error(
         ({"format": "something-else"}, r"is not a tacotune-onnx manifest"),
         ({"format_version": FORMAT_VERSION + 1}, rf"export format {FORMAT_VERSION + 1}"),
         ({"files": {}}, r"does not list encoder.onnx, decoder_step.onnx"),
+        ({"files": {"encoder.onnx": "abc"}}, r"lacks a sha256 for every file"),
     ],
 )
 def test_a_foreign_or_newer_manifest_is_refused(

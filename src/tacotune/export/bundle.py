@@ -81,12 +81,16 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             f"{directory} has export format {manifest.get('format_version')}, this tacotune "
             f"reads format {FORMAT_VERSION}; {_HOW_TO_FIX} with this tacotune"
         )
-    files = manifest.get("files", {})
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()
+    ):
+        raise ExportError(f"{path} lacks a sha256 for every file; {_HOW_TO_FIX}")
     missing = [name for name in REQUIRED if name not in files]
     if missing:
         raise ExportError(f"{path} does not list {', '.join(missing)}; {_HOW_TO_FIX}")
-    for name, expected in files.items():
-        _check_file(directory / name, expected["sha256"])
+    for name, entry in files.items():
+        _check_file(directory / name, entry["sha256"])
     return manifest
 
 

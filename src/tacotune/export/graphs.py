@@ -119,7 +119,8 @@ class VocoderGraph(nn.Module):
 
 @torch.no_grad()
 def export_graphs(model: Tacotron2, directory: Path, vocoder: nn.Module | None = None) -> list[str]:
-    """Write the graphs of `model` (in eval mode) into `directory`; returns their file names."""
+    """Write the graphs of `model` (switched to eval mode) into `directory`; returns their
+    file names."""
     model.eval()
     text = torch.tensor([[3, 4, 5, 6, 7, 2], [8, 9, 2, 0, 0, 0]])  # two lengths: a real mask
     lengths = torch.tensor([6, 3])
