@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_search_commands(commands)
 
+    exp = _command(commands, "export", _cmd_export, "export a voice for another runtime (ONNX)")
+    exp.add_argument("voice", help="a .pt file, a run directory or a registry reference NAME[:V]")
+    exp.add_argument("--format", choices=["onnx"], default="onnx", help="what to export to")
+    exp.add_argument("-o", "--output", required=True, help="directory to create (or empty)")
+    exp.add_argument(
+        "--registry", help="registry directory (default: $TACOTUNE_REGISTRY or ./registry)"
+    )
+
     mon = _command(commands, "monitor", _cmd_monitor, "watch a run or a study from its files")
     mon.add_argument(
         "run_dir", help="a run (tacotune train -o DIR) or study (tacotune tune -o DIR) directory"
@@ -410,6 +418,14 @@ def _read_text_file(path: Path, flag: str) -> str:
         raise TextError(
             f"{flag} {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
         ) from error
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tacotune.export import export_voice
+
+    path = export_voice(args.voice, args.output, registry_root=args.registry)
+    log.info("%s export written to %s (see its README.md)", args.format, path)
+    return 0
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.data.dataset import pad_ids
 from tacotune.device import resolve_device
 from tacotune.errors import TextError
-from tacotune.model.tacotron2 import Tacotron2
+from tacotune.model.tacotron2 import SynthesisOutput, Tacotron2
 from tacotune.supervision.metrics import AlignmentMetrics, alignment_metrics
 from tacotune.text.frontend import TextFrontend, model_input_to_ids
 from tacotune.text.symbols import LETTERS
@@ -83,9 +83,7 @@ class Synthesizer:
         """`checkpoint`: a .pt file, a run directory (uses checkpoints/best.pt) or a payload;
         `device`: cpu, cuda or auto (cuda when available)."""
         payload = (
-            checkpoint
-            if isinstance(checkpoint, dict)
-            else load_checkpoint(_best_in_run(checkpoint))
+            checkpoint if isinstance(checkpoint, dict) else load_checkpoint(best_in_run(checkpoint))
         )
         self.config = checkpoint_config(payload)
         self.frontend = TextFrontend.from_state(payload["text_frontend"])
@@ -132,8 +130,7 @@ class Synthesizer:
     def decode(self, chunks: list[tuple[str, tuple[int, ...]]]) -> list[Piece]:
         """Decode (model input, ids) pairs in one batch."""
         text, lengths = pad_ids([ids for _, ids in chunks])
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        out = self.model.infer(text.to(self.device), lengths.to(self.device), generator=generator)
+        out = self.infer(text, lengths)
         pieces = []
         for i, (model_input, _) in enumerate(chunks):
             frames, steps = int(out.lengths[i]), int(out.lengths[i]) // out.reduction_factor
@@ -157,6 +154,12 @@ class Synthesizer:
                     frames,
                 )
         return pieces
+
+    def infer(self, text: torch.Tensor, lengths: torch.Tensor) -> SynthesisOutput:
+        """The model call of `decode`: (B, N) padded ids, (B,) lengths; every batch starts
+        from `seed`. OnnxSynthesizer (tacotune.export) replaces it."""
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        return self.model.infer(text.to(self.device), lengths.to(self.device), generator=generator)
 
 
 def split_text(frontend: TextFrontend, text: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -199,7 +202,8 @@ def _limit(text: str, separators: tuple[re.Pattern[str], ...]) -> list[str]:
     return [text[i : i + MAX_CHUNK_CHARS] for i in range(0, len(text), MAX_CHUNK_CHARS)]
 
 
-def _best_in_run(path: str | Path) -> Path:
+def best_in_run(path: str | Path) -> Path:
+    """A checkpoint file as is; a run directory's checkpoints/best.pt, else its last.pt."""
     path = Path(path)
     if path.is_dir():
         best = path / "checkpoints" / "best.pt"

@@ -16,6 +16,7 @@ F.linear runs in bf16 - 3.4x faster on CPUs with native bf16.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,6 +50,14 @@ class InferenceOutput(NamedTuple):
     hit_max_steps: Tensor  # (B,) neither: the step limit ended decoding
 
 
+class StepOutput(NamedTuple):
+    """One free-running decoder step."""
+
+    frames: Tensor  # (B, r, n_mels)
+    gate: Tensor  # (B,) stop logits
+    attention: Tensor  # (B, N)
+
+
 class Stopping:
     """When each item of a free-running batch is done, and why.
 
@@ -57,6 +66,8 @@ class Stopping:
     has not learned to fire would otherwise let the decoder babble on); or at
     `max_steps`. The counters are per item.
     """
+
+    COUNTERS = ("done", "by_gate", "at_end", "steps", "held")  # every tensor `advance` changes
 
     def __init__(
         self, memory_mask: Tensor, max_steps: Tensor, gate_threshold: float, end_hold_steps: int
@@ -73,6 +84,11 @@ class Stopping:
 
     def update(self, gate: Tensor, attention: Tensor) -> bool:
         """Account for one decoded step (gate (B,), attention (B, N)); True when all are done."""
+        self.advance(gate, attention)
+        return bool(self.done.all())
+
+    def advance(self, gate: Tensor, attention: Tensor) -> None:
+        """`update` without reading the result back (traceable: the ONNX decoder step runs it)."""
         running = ~self.done
         self.steps = self.steps + running.long()
         on_last = attention.argmax(dim=1) >= self.last_symbol
@@ -81,10 +97,9 @@ class Stopping:
         end_stop = (self.held >= self.end_hold_steps) & running & ~gate_stop
         if self.end_hold_steps <= 0:
             end_stop = torch.zeros_like(end_stop)
-        self.by_gate |= gate_stop
-        self.at_end |= end_stop
-        self.done |= gate_stop | end_stop | (self.steps >= self.max_steps)
-        return bool(self.done.all())
+        self.by_gate = self.by_gate | gate_stop  # not in place: ONNX export has no `|=`
+        self.at_end = self.at_end | end_stop
+        self.done = self.done | gate_stop | end_stop | (self.steps >= self.max_steps)
 
 
 class StepWeights(NamedTuple):
@@ -178,12 +193,12 @@ class Decoder(nn.Module):
         # the input of step s is the last frame of step s-1; step 0 reads a zero "go" frame
         previous = mel[:, :, r - 1 :: r].transpose(1, 2)  # (B, S, n_mels)
         inputs = torch.cat([previous.new_zeros(batch, 1, n_mels), previous[:, :-1]], dim=1)
-        weights = self._step_weights()
+        weights = self.step_weights()
         # the prenet's share of the attention-LSTM gates, for all steps in one GEMM
         prenet_gates = F.linear(
             self.prenet(inputs), weights.attention_input, weights.attention_bias
         )  # (B, S, 4 * attention_rnn_dim)
-        state = self._initial_state(memory, weights)
+        state = self.initial_state(memory, weights)
         processed = self.attention.process_memory(memory)
         hiddens, contexts, alignments = [], [], []
         # unbind once: indexing [:, step] would make every step's backward allocate and
@@ -214,29 +229,20 @@ class Decoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> InferenceOutput:
         """Free-running decoding until `stopping` says every item is done."""
-        if self.gate_layer is None:
-            raise ValueError("a decoder without a gate layer cannot decode free-running")
-        batch, n_mels = memory.shape[0], self.dims.n_mels
-        frame = memory.new_zeros(batch, n_mels)
-        weights = self._step_weights()
-        state = self._initial_state(memory, weights)
+        frame = memory.new_zeros(memory.shape[0], self.dims.n_mels)
+        weights = self.step_weights()
+        state = self.initial_state(memory, weights)
         processed = self.attention.process_memory(memory)
         mels, gates, alignments = [], [], []
         for _ in range(int(stopping.max_steps.max())):
-            prenet_gates = F.linear(
-                self.prenet(frame, generator), weights.attention_input, weights.attention_bias
+            step = self.infer_step(
+                frame, state, memory, processed, memory_mask, weights, r, generator
             )
-            hidden, context, attention = self._step(
-                prenet_gates, state, memory, processed, memory_mask, weights
-            )
-            features = torch.cat([hidden, context], dim=-1)
-            frames = self.projection(features)[:, : n_mels * r].view(batch, r, n_mels)
-            gate = self.gate_layer(features).squeeze(-1)
-            mels.append(frames)
-            gates.append(gate)
-            alignments.append(attention)
-            frame = frames[:, -1]
-            if stopping.update(gate, attention):
+            mels.append(step.frames)
+            gates.append(step.gate)
+            alignments.append(step.attention)
+            frame = step.frames[:, -1]
+            if stopping.update(step.gate, step.attention):
                 break
         return InferenceOutput(
             mel=torch.cat(mels, dim=1).transpose(1, 2),  # (B, n_mels, S * r)
@@ -248,7 +254,38 @@ class Decoder(nn.Module):
             hit_max_steps=~(stopping.by_gate | stopping.at_end),
         )
 
-    def _initial_state(self, memory: Tensor, weights: StepWeights) -> dict[str, Tensor]:
+    def infer_step(
+        self,
+        frame: Tensor,
+        state: dict[str, Tensor],
+        memory: Tensor,
+        processed: Tensor,
+        mask: Tensor,
+        weights: StepWeights,
+        r: int,
+        generator: torch.Generator | None = None,
+        prenet_masks: Sequence[Tensor] | None = None,
+    ) -> StepOutput:
+        """One free-running step from the previous frame (B, n_mels); advances `state`.
+
+        `prenet_masks` replaces the prenet's random dropout masks (see `Prenet.forward`).
+        """
+        if self.gate_layer is None:
+            raise ValueError("a decoder without a gate layer cannot decode free-running")
+        prenet_gates = F.linear(
+            self.prenet(frame, generator, prenet_masks),
+            weights.attention_input,
+            weights.attention_bias,
+        )
+        hidden, context, attention = self._step(
+            prenet_gates, state, memory, processed, mask, weights
+        )
+        features = torch.cat([hidden, context], dim=-1)
+        n_mels = self.dims.n_mels
+        frames = self.projection(features)[:, : n_mels * r].reshape(-1, r, n_mels)
+        return StepOutput(frames, self.gate_layer(features).squeeze(-1), attention)
+
+    def initial_state(self, memory: Tensor, weights: StepWeights) -> dict[str, Tensor]:
         """Zero state; the hidden states pass through the deferred-gradient anchors."""
         batch, n, memory_dim = memory.shape
         zeros = memory.new_zeros
@@ -262,7 +299,7 @@ class Decoder(nn.Module):
             "context": zeros(batch, memory_dim),
         }
 
-    def _step_weights(self) -> StepWeights:
+    def step_weights(self) -> StepWeights:
         """The recurrent weights arranged so that each step does one GEMM per LSTM."""
         a, d, p = self.attention_rnn, self.decoder_rnn, self.dims.prenet_dim
         return StepWeights(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -41,7 +42,8 @@ class Prenet(nn.Module):
     """Two ReLU layers with dropout that stays ON at inference (Tacotron2 §2.2).
 
     Always-on dropout is the noise that keeps autoregressive decoding robust;
-    pass a `generator` for reproducible synthesis.
+    pass a `generator` for reproducible synthesis, or the keep-masks themselves
+    (the exported ONNX decoder step takes them as an input).
     """
 
     def __init__(self, in_dim: int, dim: int, dropout: float) -> None:
@@ -54,12 +56,22 @@ class Prenet(nn.Module):
         )
         self.dropout = dropout
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(..., in_dim) -> (..., dim)"""
-        for layer in self.layers:
+    def forward(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        masks: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """(..., in_dim) -> (..., dim); `masks`: one 0/1 keep-mask (..., dim) per layer,
+        used instead of drawing them."""
+        for index, layer in enumerate(self.layers):
             x = F.relu(layer(x))
             if self.dropout > 0:
-                keep = torch.empty_like(x).bernoulli_(1 - self.dropout, generator=generator)
+                keep = (
+                    torch.empty_like(x).bernoulli_(1 - self.dropout, generator=generator)
+                    if masks is None
+                    else masks[index]
+                )
                 x = x * keep / (1 - self.dropout)
         return x
 

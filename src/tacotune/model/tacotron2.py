@@ -106,7 +106,7 @@ class Tacotron2(nn.Module):
             mel_lengths: (B,) real frames (for the style reference).
             r: frames per decoder step for this pass.
         """
-        memory, mask = self._memory(text, text_lengths, mel, mel_lengths)
+        memory, mask = self.encode(text, text_lengths, mel, mel_lengths)
         fine = self.decoder(memory, mask, mel, r)
         coarse = (
             self.coarse_decoder(memory, mask, mel, self.config.ddc_reduction_factor)
@@ -121,7 +121,7 @@ class Tacotron2(nn.Module):
         assert fine.gate is not None
         return Tacotron2Output(
             mel=fine.mel,
-            mel_postnet=fine.mel + self.postnet(fine.mel),
+            mel_postnet=self.postnet_mel(fine.mel),
             gate=fine.gate,
             alignments=fine.alignments,
             reduction_factor=r,
@@ -143,17 +143,12 @@ class Tacotron2(nn.Module):
         steps, so decoding always ends, whatever the text; it also ends by its stop token
         or after its attention held the final symbol for `end_hold_frames`.
         """
-        c = self.config
         r = self.final_reduction_factor
-        memory, mask = self._memory(text, text_lengths, style_mel, None)
-        per_char = torch.ceil(text_lengths.float() * c.max_frames_per_char / r).long()
-        max_steps = per_char.clamp(1, c.max_decoder_steps)
-        hold = math.ceil(c.end_hold_frames / r) if c.end_hold_frames > 0 else 0
-        out = self.decoder.infer(
-            memory, mask, r, Stopping(mask, max_steps, c.gate_threshold, hold), generator
-        )
+        memory, mask = self.encode(text, text_lengths, style_mel, None)
+        stopping = self.stopping(text_lengths, mask)
+        out = self.decoder.infer(memory, mask, r, stopping, generator)
         return SynthesisOutput(
-            mel_postnet=out.mel + self.postnet(out.mel),
+            mel_postnet=self.postnet_mel(out.mel),
             alignments=out.alignments,
             gate=out.gate,
             lengths=out.lengths,
@@ -163,13 +158,26 @@ class Tacotron2(nn.Module):
             reduction_factor=r,
         )
 
+    def stopping(self, text_lengths: Tensor, mask: Tensor) -> Stopping:
+        """The stopping rules of `infer` for a batch: (B,) lengths, (B, N) padding mask."""
+        c = self.config
+        r = self.final_reduction_factor
+        per_char = torch.ceil(text_lengths.float() * c.max_frames_per_char / r).long()
+        max_steps = per_char.clamp(1, c.max_decoder_steps)
+        hold = math.ceil(c.end_hold_frames / r) if c.end_hold_frames > 0 else 0
+        return Stopping(mask, max_steps, c.gate_threshold, hold)
+
+    def postnet_mel(self, mel: Tensor) -> Tensor:
+        """Decoder mel + the postnet's residual: (B, n_mels, T) -> (B, n_mels, T)"""
+        return mel + self.postnet(mel)
+
     @property
     def final_reduction_factor(self) -> int:
         """r used at inference: the last of the schedule, else the fixed one."""
         schedule = self.config.reduction_schedule
         return schedule[-1][1] if schedule else self.config.reduction_factor
 
-    def _memory(
+    def encode(
         self,
         text: Tensor,
         text_lengths: Tensor,

@@ -1,0 +1,145 @@
+"""`tacotune export VOICE --format onnx -o DIR`: a voice as ONNX graphs, with what runs them.
+
+    DIR/encoder.onnx, decoder_step.onnx, postnet.onnx   the model (see graphs.py)
+    DIR/vocoder.onnx    only for a voice exported with a neural vocoder
+    DIR/frontend.json   the text frontend's state (TextFrontend.state())
+    DIR/config.yaml     the resolved config of the checkpoint
+    DIR/README.md       how to use the directory
+    DIR/manifest.json   every file above with its sha256, and the runtime's parameters
+
+The directory is built next to DIR and renamed into place, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tacotune.audio import GRIFFIN_LIM_MOMENTUM, LOG_CLAMP
+from tacotune.checkpoint import checkpoint_config, code_version, load_checkpoint
+from tacotune.config.load import save_config
+from tacotune.config.schema import Config
+from tacotune.export.bundle import CONFIG, FRONTEND, README, ExportError, write_manifest
+from tacotune.export.graphs import OPSET, export_graphs
+from tacotune.export.readme import export_readme
+from tacotune.model.tacotron2 import Tacotron2
+from tacotune.registry import Registry
+from tacotune.synthesize import best_in_run
+
+log = logging.getLogger(__name__)
+
+NEEDED = ("config", "text_frontend", "n_symbols", "model")  # checkpoint keys synthesis reads
+
+
+def export_voice(
+    voice: str | Path,
+    output: str | Path,
+    registry_root: str | Path | None = None,
+    vocoder: nn.Module | None = None,
+) -> Path:
+    """Export `voice` (a .pt checkpoint, a run directory or a registry reference such as
+    ``name:production``) to the directory `output`, which must not exist or be empty.
+
+    `vocoder`: a neural vocoder module, (B, n_mels, T) log-mel -> the samples of each
+    item (e.g. HiFi-GAN's (B, 1, T * hop)), exported as vocoder.onnx; without one the
+    runtime uses Griffin-Lim. Checkpoints do not hold a vocoder yet, so only the Python
+    API can pass one.
+    """
+    _require_onnx()
+    checkpoint, source = resolve_voice(voice, registry_root)
+    payload = load_checkpoint(checkpoint)
+    missing = [key for key in NEEDED if key not in payload]
+    if missing:
+        raise ExportError(
+            f"checkpoint {checkpoint} lacks {', '.join(missing)}, so it cannot be exported; "
+            "give a checkpoint saved by `tacotune train`"
+        )
+    config = checkpoint_config(payload)
+    model = Tacotron2(config.model, payload["n_symbols"], config.audio.n_mels)
+    model.load_state_dict(payload["model"])
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ExportError(
+            f"{output} already exists and is not empty; remove it or export elsewhere"
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        files = export_graphs(model, staging, vocoder)
+        frontend = json.dumps(payload["text_frontend"], ensure_ascii=False, indent=1)
+        (staging / FRONTEND).write_text(frontend + "\n", encoding="utf-8")
+        save_config(config, staging / CONFIG)
+        info = _info(config, model, source, payload, vocoder is not None)
+        (staging / README).write_text(export_readme(info, output.name), encoding="utf-8")
+        write_manifest(staging, [*files, FRONTEND, CONFIG, README], info)
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.rename(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; else clean up
+    log.info("exported %s to %s (%s)", source, output, ", ".join(files))
+    return output
+
+
+def _require_onnx() -> None:
+    """torch.onnx.export writes its protobuf with the onnx package."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as error:
+        raise ExportError(
+            f"exporting to ONNX needs the onnx package ({error}): pip install 'tacotune[export]'"
+        ) from error
+
+
+def resolve_voice(voice: str | Path, registry_root: str | Path | None) -> tuple[Path, str]:
+    """The checkpoint of `voice` and a description of where it came from."""
+    path = Path(voice)
+    if path.exists():
+        return best_in_run(path), str(path)
+    if path.suffix == ".pt" or os.sep in str(voice):
+        raise ExportError(
+            f"voice {voice} does not exist; give a .pt checkpoint, a run directory or a "
+            "registry reference (NAME[:VERSION|:STAGE])"
+        )
+    registry = Registry(registry_root)
+    version = registry.get(str(voice))
+    return version.checkpoint, f"{version.ref} (registry {registry.root})"
+
+
+def _info(
+    config: Config, model: Tacotron2, source: str, payload: dict[str, Any], has_vocoder: bool
+) -> dict[str, Any]:
+    """The manifest's description of the export; the runtime reads "model" and "vocoder"."""
+    m = config.model
+    return {
+        "tacotune": code_version(),
+        "exporter": f"torch {torch.__version__} torch.onnx (TorchScript-based), opset {OPSET}",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "checkpoint_code_version": str(payload.get("code_version", "unknown")),
+        "model": {  # the stopping values are compiled into decoder_step.onnx; listed to read
+            "reduction_factor": model.final_reduction_factor,
+            "n_mels": config.audio.n_mels,
+            "prenet_dropout": m.prenet_dropout,
+            "max_decoder_steps": m.max_decoder_steps,
+            "max_frames_per_char": m.max_frames_per_char,
+            "gate_threshold": m.gate_threshold,
+            "end_hold_frames": m.end_hold_frames,
+        },
+        "vocoder": (
+            {"kind": "onnx"}
+            if has_vocoder
+            else {"kind": "griffin-lim", "momentum": GRIFFIN_LIM_MOMENTUM, "log_clamp": LOG_CLAMP}
+        ),
+        "sample_rate": config.audio.sample_rate,
+        "stress": str(payload["text_frontend"]["stress"]),
+    }
