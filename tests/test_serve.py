@@ -11,7 +11,11 @@ import base64
 import io
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -202,10 +206,18 @@ def test_concurrent_requests_get_their_own_audio(payload: dict[str, Any]) -> Non
 
 
 def test_limits_answer_with_the_reason(payload: dict[str, Any]) -> None:
+    huge = json.dumps(speech("а" * 20000)).encode()
     with serving([tiny_voice(payload)], max_input_chars=100, max_pieces=1) as url:
         long = httpx.post(f"{url}/v1/audio/speech", json=speech("а" * 101))
         pieces = httpx.post(f"{url}/v1/audio/speech", json=speech(TWO_PIECES[:100]))
         many = httpx.post(f"{url}/v1/synthesize", json={"voice": "tiny", "text": TWO_PIECES})
+        sized = httpx.post(f"{url}/v1/audio/speech", content=huge)
+        chunked = httpx.post(f"{url}/v1/audio/speech", content=iter([huge[:9000], huge[9000:]]))
+    assert sized.status_code == chunked.status_code == 413
+    assert sized.json()["error"]["message"] == (
+        f"the request body has {len(huge)} bytes; this server takes at most 17584"
+    )
+    assert "more than 17584 bytes" in chunked.json()["error"]["message"]
     assert long.status_code == 413
     assert long.json()["error"]["message"].startswith("the text has 101 characters")
     assert "at most 100 per request" in long.json()["error"]["message"]
@@ -259,6 +271,27 @@ def test_a_full_queue_is_503_and_a_stalled_request_times_out(payload: dict[str, 
     assert first.status_code == 504
     assert "did not finish within 1 s" in first.json()["error"]["message"]
     assert after.status_code == 200
+
+
+def test_a_deadline_mid_stream_drops_wav_and_ends_ndjson_with_an_error(
+    payload: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    engine = GatedEngine(Synthesizer(payload), pass_first=1)
+    engine.inner.speak(TWO_PIECES)  # warm up, so that the first piece beats the deadline
+    voice = Voice("tiny", engine, "test", None, "griffin-lim")
+    ndjson = {"voice": "tiny", "text": TWO_PIECES, "stream": True}
+    with serving([voice], request_timeout_s=2.0) as url:
+        with pytest.raises(httpx.RemoteProtocolError):  # not a short file that looks whole
+            httpx.post(f"{url}/v1/audio/speech", json=speech(TWO_PIECES))
+        engine.gate.set()  # the stalled decode ends (unheard); a new gate for the next one
+        engine.gate, engine.calls = threading.Event(), 0
+        with httpx.stream("POST", f"{url}/v1/synthesize", json=ndjson) as response:
+            lines = [json.loads(line) for line in response.iter_lines()]
+        engine.gate.set()
+    assert [line["type"] for line in lines] == ["piece", "error"]
+    assert "per-request limit of 2 s passed" in lines[1]["error"]["message"]
+    assert "POST /v1/audio/speech 200 cut" in caplog.text
 
 
 def test_api_key_is_required_and_compared(
@@ -367,3 +400,64 @@ def test_settings_refuse_bad_limits_and_an_empty_key() -> None:
     with pytest.raises(ConfigError, match="TACOTUNE_API_KEY is set but empty"):
         ServerSettings(api_key=" ")
     assert "secret" not in repr(ServerSettings(api_key="secret"))
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_request_in_flight_finish_and_keys_stay_out_of_the_log(
+    tmp_path: Path,
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(
+        checkpoint, untrained_payload("model.max_decoder_steps=150", "audio.griffin_lim_iters=4")
+    )
+    key, guess = "k3y-that-must-not-leak", "a-wrong-guess"
+    with socket.socket() as probe:  # a free port (uvicorn binds it a moment later)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tacotune", "serve", f"tiny={checkpoint}"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--threads", "1"],
+        env={**os.environ, "TACOTUNE_API_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    text = " ".join(
+        f"Предложение номер {i}, в нём больше ста семидесяти букв." * 4 for i in range(6)
+    )
+    try:
+        _wait_until_up(url, server)
+        wrong = httpx.get(f"{url}/v1/voices", headers={"Authorization": f"Bearer {guess}"})
+        request = {"voice": "tiny", "text": text, "stream": True}
+        with httpx.stream(
+            "POST", f"{url}/v1/synthesize", json=request, headers=auth, timeout=60
+        ) as reply:
+            lines = reply.iter_lines()
+            first = json.loads(next(lines))
+            server.send_signal(signal.SIGTERM)  # the other pieces are still to be synthesized
+            rest = [json.loads(line) for line in lines]
+        code = server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log = server.communicate()[1]
+    assert wrong.status_code == 401
+    assert first["type"] == "piece" and first["of"] >= 4
+    assert [x["type"] for x in rest] == ["piece"] * (first["of"] - 1) + ["done"], log
+    assert code == 0, log
+    assert "GET /v1/voices 401" in log and "POST /v1/synthesize 200 voice=tiny" in log
+    assert "rtf=" in log and "server stopped" in log
+    assert key not in log and guess not in log
+
+
+def _wait_until_up(url: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.communicate()[1]
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("the server did not answer /health within 120 s")

@@ -186,6 +186,7 @@ def _add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     srv.add_argument(
         "--timeout", type=float, default=defaults.request_timeout_s, help="seconds per request"
     )
+    srv.add_argument("--threads", type=int, help="torch threads for synthesis (default: torch's)")
 
 
 def _command(
@@ -411,6 +412,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
     from tacotune.registry import Registry
     from tacotune.serve.server import run_server
     from tacotune.serve.settings import ServerSettings, api_key_from_env
@@ -425,6 +428,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         api_key=api_key_from_env(),
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return run_server(load_voices(args.voices, Registry(args.registry)), settings)
 
 

@@ -32,7 +32,7 @@ from tacotune.errors import TextError
 from tacotune.serve.api import ApiError, SpeechRequest, SynthesizeRequest
 from tacotune.serve.audio import FORMATS, OPENAI_PCM_RATE, SPEED_RANGE
 from tacotune.serve.metrics import ServerMetrics
-from tacotune.serve.middleware import ObserveRequests, record_of
+from tacotune.serve.middleware import BodyLimit, ObserveRequests, record_of
 from tacotune.serve.responses import (
     Prepared,
     audio_response,
@@ -68,7 +68,9 @@ def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
         docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json stays
         redoc_url=None,
     )
-    app.add_middleware(ObserveRequests, metrics=metrics)
+    # JSON may spell a character as a 12-byte surrogate pair escape; the rest is small
+    app.add_middleware(BodyLimit, max_bytes=settings.max_input_chars * 12 + 16384)
+    app.add_middleware(ObserveRequests, metrics=metrics)  # outermost: sees every answer
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(packages=[("tacotune.serve", "static")]), name="static")
     authorized = [Depends(_key_check(settings.api_key))]

@@ -1,4 +1,4 @@
-"""One log line and the metrics of every request, and request-scoped cleanup.
+"""One log line and the metrics of every request, request-scoped cleanup, a body limit.
 
 A pure ASGI middleware wraps the whole exchange, a streamed body included, so its
 `finally` runs once per request however it ends: finished, failed, cut at its deadline
@@ -19,14 +19,66 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tacotune.serve.api import ApiError
 from tacotune.serve.metrics import ServerMetrics
 from tacotune.serve.runner import RenderedPiece
 
 log = logging.getLogger("tacotune.serve")
 
 RECORD_KEY = "tacotune.record"
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with 413 before it is
+    read whole: by its Content-Length, or while a chunked body arrives (such a body is
+    read here first, up to the limit, and handed on in one piece)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await self._refuse(length.decode("latin-1"), scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._refuse(f"more than {self.max_bytes}", scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, length: str, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ApiError(
+            413,
+            f"the request body has {length} bytes; this server takes at most {self.max_bytes}",
+            code="body_too_large",
+        )
+        await JSONResponse(error.body(), error.status)(scope, receive, send)
 
 
 class StreamCut(Exception):
@@ -106,9 +158,8 @@ class ObserveRequests:
         parts = [scope["method"], scope["path"], shown_status]
         if record.voice is not None:
             parts += [f"voice={record.voice}", f"chars={record.chars}"]
-            parts.append(f"audio={record.audio_s:.2f}s")
             if record.rtf is not None:
-                parts.append(f"rtf={record.rtf:.3f}")
+                parts += [f"audio={record.audio_s:.2f}s", f"rtf={record.rtf:.3f}"]
                 self.metrics.rtf.labels(record.voice).observe(record.rtf)
                 self.metrics.audio_seconds.labels(record.voice).inc(record.audio_s)
             if record.first_audio_s is not None:
