@@ -50,36 +50,21 @@ PAGE_POLICY = (
 )
 
 
-def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
-    """The app serving `voices` under `settings` (models are already loaded)."""
-    by_name = {voice.name: voice for voice in voices}
-    runner = SynthesisRunner(settings.max_queue)
-    metrics = ServerMetrics(lambda: runner.admitted)
+class Service:
+    """The voices, the synthesis thread and the settings that every route shares."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        runner.close()  # after uvicorn has let the in-flight requests finish
-
-    app = FastAPI(
-        title="tacotune",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json stays
-        redoc_url=None,
-    )
-    # JSON may spell a character as a 12-byte surrogate pair escape; the rest is small
-    app.add_middleware(BodyLimit, max_bytes=settings.max_input_chars * 12 + 16384)
-    app.add_middleware(ObserveRequests, metrics=metrics)  # outermost: sees every answer
-    _add_error_handlers(app)
-    app.mount("/static", StaticFiles(packages=[("tacotune.serve", "static")]), name="static")
-    authorized = [Depends(_key_check(settings.api_key))]
+    def __init__(self, voices: Sequence[Voice], settings: ServerSettings) -> None:
+        self.voices = {voice.name: voice for voice in voices}
+        self.settings = settings
+        self.runner = SynthesisRunner(settings.max_queue)
+        self.metrics = ServerMetrics(lambda: self.runner.admitted)
 
     async def prepare(
-        request: Request, name: str, text: str, fmt: str, speed: float, openai: bool
+        self, request: Request, name: str, text: str, fmt: str, speed: float, openai: bool
     ) -> Prepared:
         """Check the request, take a queue slot and split the text (errors before any audio)."""
-        voice = _voice(by_name, name, "model" if openai else "voice")
+        settings = self.settings
+        voice = _voice(self.voices, name, "model" if openai else "voice")
         _check_options(fmt, speed, "response_format" if openai else "format")
         if len(text) > settings.max_input_chars:
             raise ApiError(
@@ -92,7 +77,7 @@ def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
         record = record_of(request)
         record.voice, record.chars = voice.name, len(text)
         try:
-            record.cleanup.append(runner.admit())
+            record.cleanup.append(self.runner.admit())
         except Busy as busy:
             raise ApiError(
                 503, str(busy), code="server_busy", headers={"Retry-After": "1"}
@@ -100,13 +85,42 @@ def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
         waited = time.perf_counter() - record.started  # the limit counts from arrival
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s - waited
         chunks = await _split(
-            runner, voice, text, deadline, settings, "input" if openai else "text"
+            self.runner, voice, text, deadline, settings, "input" if openai else "text"
         )
         # OpenAI's pcm is 24 kHz, so OpenAI clients play it right; every other answer is native
         out_rate = OPENAI_PCM_RATE if openai and fmt == "pcm" else voice.sample_rate
-        pieces = runner.render(voice, chunks, speed, out_rate, deadline)
+        pieces = self.runner.render(voice, chunks, speed, out_rate, deadline)
         return Prepared(voice, chunks, out_rate, pieces)
 
+
+def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
+    """The app serving `voices` under `settings` (models are already loaded)."""
+    service = Service(voices, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.runner.close()  # after uvicorn has let the in-flight requests finish
+
+    app = FastAPI(
+        title="tacotune",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json stays
+        redoc_url=None,
+    )
+    # JSON may spell a character as a 12-byte surrogate pair escape; the rest is small
+    app.add_middleware(BodyLimit, max_bytes=settings.max_input_chars * 12 + 16384)
+    app.add_middleware(ObserveRequests, metrics=service.metrics)  # outermost: sees every answer
+    _add_error_handlers(app)
+    app.mount("/static", StaticFiles(packages=[("tacotune.serve", "static")]), name="static")
+    authorized = [Depends(_key_check(settings.api_key))]
+    _add_speech_routes(app, service, authorized)
+    _add_other_routes(app, service, authorized)
+    return app
+
+
+def _add_speech_routes(app: FastAPI, service: Service, authorized: list[Any]) -> None:
     @app.post("/v1/audio/speech", dependencies=authorized, response_model=None)
     async def speech(body: SpeechRequest, request: Request) -> Response:
         if body.instructions:
@@ -117,47 +131,48 @@ def create_app(voices: Sequence[Voice], settings: ServerSettings) -> FastAPI:
                 f"stream_format {body.stream_format!r} is not supported: use 'audio'",
                 "stream_format",
             )
-        prepared = await prepare(
+        prepared = await service.prepare(
             request, body.model, body.input, body.response_format, body.speed, openai=True
         )
-        return await audio_response(prepared, body.response_format, record_of(request), settings)
+        record = record_of(request)
+        return await audio_response(prepared, body.response_format, record, service.settings)
 
     @app.post("/v1/synthesize", dependencies=authorized, response_model=None)
     async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
-        prepared = await prepare(
+        prepared = await service.prepare(
             request, body.voice, body.text, body.format, body.speed, openai=False
         )
-        return await synthesize_response(prepared, body, record_of(request), settings)
+        return await synthesize_response(prepared, body, record_of(request), service.settings)
 
+
+def _add_other_routes(app: FastAPI, service: Service, authorized: list[Any]) -> None:
     @app.get("/v1/voices", dependencies=authorized)
     async def list_voices() -> dict[str, Any]:
-        return {"voices": [voice.describe() for voice in by_name.values()]}
+        return {"voices": [voice.describe() for voice in service.voices.values()]}
 
     @app.get("/v1/models", dependencies=authorized)
     async def list_models() -> dict[str, Any]:
-        models = [{"id": n, "object": "model", "owned_by": "tacotune"} for n in by_name]
+        models = [{"id": n, "object": "model", "owned_by": "tacotune"} for n in service.voices]
         return {"object": "list", "data": models}
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "voices": len(by_name),
-            "auth_required": settings.api_key is not None,
-            "queue": runner.admitted,
-            "max_queue": settings.max_queue,
+            "voices": len(service.voices),
+            "auth_required": service.settings.api_key is not None,
+            "queue": service.runner.admitted,
+            "max_queue": service.settings.max_queue,
         }
 
     @app.get("/metrics", dependencies=authorized)
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         html = resources.files("tacotune.serve").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
-
-    return app
 
 
 def _voice(by_name: dict[str, Voice], name: str, param: str) -> Voice:
