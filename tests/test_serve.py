@@ -324,6 +324,8 @@ def test_synthesize_returns_pieces_stop_reasons_timing_and_alignment(
         whole = httpx.post(f"{url}/v1/synthesize", json=request, timeout=30)
         with httpx.stream("POST", f"{url}/v1/synthesize", json={**request, "stream": True}) as r:
             lines = [json.loads(line) for line in r.iter_lines()]
+        stressed = httpx.post(f"{url}/v1/synthesize", json={"voice": "tiny", "text": "Зам+ок."})
+    assert stressed.json()["pieces"][0]["text"] == "зам+ок."  # the stress mark is read
     assert whole.status_code == 200
     result = whole.json()
     audio, rate = read_wav(base64.b64decode(result["audio"]))
