@@ -41,8 +41,8 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
 def streaming_wav_header(sample_rate: int) -> bytes:
     """The 44-byte header of a 16-bit mono wav whose length is unknown.
 
-    RIFF and data sizes are 0xFFFFFFFF, as streamed wav from OpenAI's speech API has;
-    libsndfile (soundfile), ffmpeg, sox and browsers read such a file to its real end.
+    RIFF and data sizes are 0xFFFFFFFF, as in streamed wav from OpenAI's speech API;
+    libsndfile (soundfile) reads such a file to its real end (tests/test_serve.py).
     """
     block_align = 2  # one channel, 2 bytes per sample
     return b"".join(
