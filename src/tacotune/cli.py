@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
 
+    _add_serve_command(commands)
+
     show = _command(commands, "config", _cmd_config, "print the resolved configuration")
     _config_arguments(show)
     return parser
@@ -163,6 +165,40 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     reg.add_argument("--stage", help="promote: candidate, production or archived")
     reg.add_argument("--name", help="add: the voice's name")
     reg.add_argument("-o", "--output", default="exported", help="export: target directory")
+
+
+def _add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tacotune.serve.settings import API_KEY_ENV, ServerSettings  # a dataclass: light
+
+    defaults = ServerSettings()
+    srv = _command(
+        commands, "serve", _cmd_serve, f"an HTTP API and web page for voices (key: ${API_KEY_ENV})"
+    )
+    srv.add_argument(
+        "voices",
+        nargs="*",
+        metavar="VOICE_OR_CKPT",
+        help="NAME (its production version), NAME:N, a checkpoint or run directory, or "
+        "ALIAS=any of these (default: every production voice in the registry)",
+    )
+    srv.add_argument(
+        "--registry", help="registry directory (default: $TACOTUNE_REGISTRY or ./registry)"
+    )
+    srv.add_argument("--host", default=defaults.host, help="address to bind (0.0.0.0: every one)")
+    srv.add_argument("--port", type=int, default=defaults.port, help="TCP port")
+    srv.add_argument(
+        "--max-chars", type=int, default=defaults.max_input_chars, help="characters per request"
+    )
+    srv.add_argument(
+        "--max-pieces", type=int, default=defaults.max_pieces, help="sentences per request"
+    )
+    srv.add_argument(
+        "--queue", type=int, default=defaults.max_queue, help="requests admitted at once"
+    )
+    srv.add_argument(
+        "--timeout", type=float, default=defaults.request_timeout_s, help="seconds per request"
+    )
+    srv.add_argument("--threads", type=int, help="torch threads for synthesis (default: torch's)")
 
 
 def _command(
@@ -426,6 +462,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     path = export_voice(args.voice, args.output, registry_root=args.registry)
     log.info("%s export written to %s (see its README.md)", args.format, path)
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from tacotune.registry import Registry
+    from tacotune.serve.server import run_server
+    from tacotune.serve.settings import ServerSettings, api_key_from_env
+    from tacotune.serve.voices import load_voices
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        max_input_chars=args.max_chars,
+        max_pieces=args.max_pieces,
+        max_queue=args.queue,
+        request_timeout_s=args.timeout,
+        api_key=api_key_from_env(),
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run_server(load_voices(args.voices, Registry(args.registry)), settings)
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
