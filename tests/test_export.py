@@ -322,3 +322,17 @@ def test_runtime_runs_without_torch(voice: tuple[Path, Path]) -> None:
     count, rate, imported = result.stdout.split()
     assert int(rate) == 22050 and int(count) > 0 and int(count) % 256 == 0
     assert imported == "False"
+
+
+def test_the_server_serves_an_export_directory_with_onnxruntime(
+    voice: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    from tacotune.serve.voices import load_voice
+
+    checkpoint, export_dir = voice
+    served = load_voice(f"fast={export_dir}", Registry(tmp_path / "empty"))
+    assert isinstance(served.engine, OnnxSynthesizer) and "onnxruntime" in served.source
+    chunks = split_text(served.engine.frontend, "Мама мыла раму.")
+    torch_piece = Synthesizer(checkpoint).decode(chunks)[0]
+    assert torch.allclose(served.engine.decode(chunks)[0].mel, torch_piece.mel, atol=1e-4)

@@ -1,7 +1,8 @@
 """The voices a server speaks with: resolved from the registry or a checkpoint, loaded once.
 
 A voice spec is ``NAME`` (the registry's production version of NAME), ``NAME:N`` or
-``NAME:STAGE`` (that version), or a checkpoint path (a .pt file or a run directory);
+``NAME:STAGE`` (that version), a checkpoint path (a .pt file or a run directory), or an
+ONNX export directory (`tacotune export`: served by onnxruntime instead of torch);
 ``ALIAS=SPEC`` serves any of these under another name. `load_voice` is the single place a
 voice is built, so a neural vocoder (or another runtime) attaches there.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tacotune.errors import TacotuneError
+from tacotune.export.bundle import MANIFEST
 from tacotune.registry import NAME_PATTERN, ModelVersion, Registry
 from tacotune.synthesize import Piece, Synthesizer
 from tacotune.text.frontend import TextFrontend
@@ -85,7 +87,14 @@ def load_voice(spec: str, registry: Registry, device: str = "cpu") -> Voice:
         checkpoint = version.checkpoint
         name, source = alias or target, version.ref
     vocoder = _registered_vocoder(version)
-    engine = Synthesizer(checkpoint, device=device, vocoder=vocoder)
+    engine: SpeechEngine
+    if (checkpoint / MANIFEST).is_file():  # an ONNX export: the same API, onnxruntime inside
+        from tacotune.export import OnnxSynthesizer
+
+        engine = OnnxSynthesizer(checkpoint, vocoder=vocoder)
+        source += " (onnxruntime)"
+    else:
+        engine = Synthesizer(checkpoint, device=device, vocoder=vocoder)
     voice = Voice(
         name=name,
         engine=engine,
