@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "auto.json"
 RESERVE_SECONDS = 60.0  # kept back for the final evaluation, registration, samples, report
 MIN_FINAL_MINUTES = 1.0  # the final model trains at least this long, whatever is left
+UNLIMITED_STEPS = 10_000_000  # the final model of a preset auto chose trains for its minutes
 MIN_REACHED_END = 0.5  # the quality gate: share of texts whose end the attention must reach
 
 
@@ -271,10 +272,10 @@ def _train(job: AutoJob, facts: dict[str, Any]) -> None:
     tuned, state = job.state.done(AutoStage.TUNE), job.state
     minutes = max(MIN_FINAL_MINUTES, (state.left - RESERVE_SECONDS) / 60)
     final = job.out / "final"
-    settings = apply(
-        job.config(),
-        {**tuned["best_values"], "train.max_minutes": minutes, "tracking.mlflow": True},
-    )
+    budget: dict[str, Any] = {"train.max_minutes": minutes, "tracking.mlflow": True}
+    if not job.explicit:  # the time is the limit, not the preset's step count
+        budget["train.max_steps"] = UNLIMITED_STEPS
+    settings = apply(job.config(), {**tuned["best_values"], **budget})
     uri, experiment = settings.tracking.mlflow_uri, settings.tracking.mlflow_experiment
     mlflow = MlflowRun(uri, experiment, run_id=state.context.get("final_run_id"), run_name="final")
     state.remember("final_run_id", mlflow.run_id)
