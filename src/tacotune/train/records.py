@@ -18,6 +18,8 @@ from tacotune.train.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
+LISTENED = 2  # validation utterances rendered as audio (and mel/stop figures) per evaluation
+
 
 @dataclass
 class TrainState:
@@ -85,12 +87,16 @@ def copy_last(directory: Path, name: str) -> None:
 def write_samples(
     run_dir: Path, run_log: RunLog, evaluation: Evaluation, config: Config, step: int
 ) -> None:
-    """Griffin-Lim audio and figures of every free-running sample, to samples/ and the
-    listeners (TensorBoard)."""
+    """Figures and Griffin-Lim audio of the free-running samples, to samples/ and the
+    listeners (TensorBoard): an alignment figure for every sample; the mel, the stop curve
+    and a wav for the probes and the first LISTENED validation utterances (Griffin-Lim of
+    every decode would cost more than the evaluation itself), cut to the longest clip the
+    data may hold (data.max_duration: what runs longer is a decode that failed to stop)."""
     if not run_log.active:
         return
     directory = run_dir / "samples" / f"step_{step:07d}"
     directory.mkdir(parents=True, exist_ok=True)
+    validation = 0
     for sample in evaluation.samples:
         name = sample.utterance.name
         m = sample.metrics
@@ -108,6 +114,10 @@ def write_samples(
             step,
             directory / f"{name}_alignment.png",
         )
+        if sample.utterance.recording is not None:
+            validation += 1
+            if validation > LISTENED:
+                continue
         run_log.figure(
             f"mel/{name}", mel_figure(sample.mel, name), step, directory / f"{name}_mel.png"
         )
@@ -118,7 +128,9 @@ def write_samples(
             directory / f"{name}_gate.png",
         )
         if sample.mel.shape[1] > 0:
-            audio = griffin_lim(sample.mel, config.audio).numpy()
+            longest = round(config.data.max_duration * config.audio.sample_rate)
+            frames = max(1, longest // config.audio.hop_length)
+            audio = griffin_lim(sample.mel[:, :frames], config.audio).numpy()
             run_log.audio(
                 f"audio/{name}", audio, config.audio.sample_rate, step, directory / f"{name}.wav"
             )
