@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,8 +74,11 @@ def test_generator_turns_each_frame_into_hop_samples(preset: str) -> None:
         assert audio.shape == (2, 1, 3 * HOP)
         assert audio.abs().max() < 1  # tanh output
         folded = generator.remove_weight_norm()(mel)
-    assert not any(parametrize.is_parametrized(m) for m in generator.modules())
-    torch.testing.assert_close(folded, audio, rtol=0, atol=1e-5)
+        assert not any(parametrize.is_parametrized(m) for m in generator.modules())
+        torch.testing.assert_close(folded, audio, rtol=0, atol=1e-5)
+        planar = generator.to_channels_last_2d()(mel)
+    assert not any(isinstance(m, torch.nn.Conv1d) for m in generator.modules())
+    torch.testing.assert_close(planar, audio, rtol=0, atol=1e-5)
     size = sum(p.numel() for p in generator.parameters()) / 1e6
     assert round(size, 2) == PAPER_SIZES[preset]
 
@@ -95,6 +100,18 @@ def test_presets_change_only_the_generator() -> None:
         config = load_config(f"hifigan_{name}")
         assert config.vocoder == dataclasses.replace(VocoderConfig(), generator=name)
         assert config.audio == Config().audio
+
+
+@pytest.mark.slow
+def test_validating_a_vocoder_config_does_not_import_torch() -> None:
+    code = (
+        "import sys, tacotune.config as c; c.load_config('hifigan_v3'); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "False"
 
 
 def test_discriminators_return_logits_and_features_per_sub_discriminator(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tacotune.errors import ConfigError
+from tacotune.vocoder.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -407,9 +408,6 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
 
 
 def _vocoder_problems(v: VocoderConfig, audio: AudioConfig) -> list[str]:
-    # hifigan.py imports torch; by the time a config is validated torch is loaded anyway
-    from tacotune.vocoder.hifigan import PRESETS
-
     problems = []
     upsampling = PRESETS[v.generator].total_upsampling
     if upsampling != audio.hop_length:

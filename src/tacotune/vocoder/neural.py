@@ -7,8 +7,9 @@ A vocoder checkpoint (written with `tacotune.checkpoint.save_checkpoint`) holds 
     audio           the `audio` config section the training mels were made with
 
 (`vocoder_payload` builds these three; training adds optimizer states and the like).
-Loading folds the weight norm into plain weights, switches to eval mode and checks that
-the mels it will be given are the mels it was trained on.
+Loading folds the weight norm into plain weights, switches to eval mode (on CPU also to
+the faster channels-last 2-D layout) and checks that the mels it will be given are the
+mels it was trained on.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class HifiGanVocoder:
         self.device = torch.device(device)
         self.generator = generator.remove_weight_norm().eval().to(self.device)
         self.generator.requires_grad_(False)
+        if self.device.type == "cpu":  # same output, 1.5-2x less CPU time
+            self.generator.to_channels_last_2d()
         self.vocoder_config = vocoder
         self.audio = audio
         self.sample_rate = audio.sample_rate
