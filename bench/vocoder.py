@@ -189,11 +189,13 @@ def main() -> None:
     parser.add_argument(
         "--onnxruntime", action="store_true", help="also time the generator under onnxruntime"
     )
+    parser.add_argument("--skip-inference", action="store_true", help="only the training step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    rows = inference_rows(args.presets, args.threads, args.repeats, args.onnxruntime)
-    report("vocoder_inference", rows)
+    if not args.skip_inference:
+        rows = inference_rows(args.presets, args.threads, args.repeats, args.onnxruntime)
+        report("vocoder_inference", rows)
     if args.train_steps:
         rows = [train_step_row(p, args.batch_size, args.train_steps) for p in args.presets]
         report("vocoder_train_step", rows)
