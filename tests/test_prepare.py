@@ -106,6 +106,22 @@ def test_rerun_is_incremental_and_audio_changes_invalidate_the_cache(
     assert np.load(out / entry.mel_path).shape[0] == 40
 
 
+def test_rows_without_their_cached_audio_are_measured_again(make_ljspeech: Builder) -> None:
+    data = make_ljspeech(good_rows())
+    out = data.parent / "out"
+    prepare_dataset(data, out, _config())
+    entry = load_prepared(out).entries[0]
+    (out / entry.trimmed_audio_path).unlink()
+    assert prepare_dataset(data, out, _config()).report["measurement"]["computed"] == 1
+    assert (out / entry.trimmed_audio_path).is_file()
+    # a cache written before audio was cached (no audio_file field): everything again
+    cache = out / ".cache" / "analysis.jsonl"
+    rows = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    old = [{k: v for k, v in row.items() if k != "audio_file"} for row in rows]
+    cache.write_text("".join(json.dumps(row) + "\n" for row in old), encoding="utf-8")
+    assert prepare_dataset(data, out, _config()).report["measurement"]["computed"] == 10
+
+
 def test_thresholds_apply_without_measuring_again(make_ljspeech: Builder) -> None:
     data = make_ljspeech([*good_rows(), BAD_ROWS["too_long"]])
     out = data.parent / "out"

@@ -104,6 +104,42 @@ def fit_full_scale(samples: np.ndarray) -> np.ndarray:
     return samples * (PEAK_OUT / peak) if peak > 1.0 else samples
 
 
+PCM16_SCALE = 32768.0  # int16 <-> float: sample / 32768 lies in [-1, 1)
+
+
+def quantize_pcm16(samples: np.ndarray) -> np.ndarray:
+    """(N,) float -> (N,) int16: round to the nearest step, clip to the int16 range.
+
+    `pcm16_to_float(quantize_pcm16(x))` is exactly what a reader of the stored file sees,
+    so a mel computed from it equals the mel of the stored audio (the vocoder's contract).
+    """
+    scaled = np.rint(np.asarray(samples, dtype=np.float64) * PCM16_SCALE)
+    return np.clip(scaled, -PCM16_SCALE, PCM16_SCALE - 1).astype(np.int16)
+
+
+def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
+    """(N,) int16 -> (N,) float32 in [-1, 1): exact (every int16 / 2^15 is a float32)."""
+    return samples.astype(np.float32) / np.float32(PCM16_SCALE)
+
+
+def write_pcm16(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write int16 samples losslessly (format from the suffix: .flac or .wav)."""
+    if samples.dtype != np.int16:
+        raise TypeError(f"write_pcm16 needs int16 samples, found {samples.dtype}")
+    sf.write(str(path), samples, sample_rate, subtype="PCM_16")
+
+
+def read_pcm16(path: str | Path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
+    """Samples [start, stop) of a 16-bit file as int16, and its sample rate."""
+    try:
+        data, rate = sf.read(str(path), start=start, stop=stop, dtype="int16")
+    except (sf.LibsndfileError, OSError) as error:
+        raise AudioError(f"cannot read audio {path}: {error}") from error
+    if data.ndim != 1:
+        raise AudioError(f"audio {path} has {data.shape[1]} channels; expected mono")
+    return data, int(rate)
+
+
 def save_wav(path: str | Path, samples: np.ndarray | torch.Tensor, sample_rate: int) -> None:
     """Write 16-bit PCM after `fit_full_scale`."""
     if isinstance(samples, torch.Tensor):

@@ -20,6 +20,7 @@ from tacotune.config.schema import (
     TrackingConfig,
     TrainConfig,
     TuningConfig,
+    VocoderConfig,
     reduction_factors,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TuningConfig",
+    "VocoderConfig",
     "all_keys",
     "config_from_dict",
     "config_to_dict",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tacotune.errors import ConfigError, short_repr
+from tacotune.vocoder.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,28 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class VocoderConfig:
+    """HiFi-GAN (Kong, Kim, Bae 2020, arXiv:2010.05646): mel -> waveform, trained separately.
+
+    Defaults are the paper's V1 recipe (section 4 and the authors' config_v1.json).
+    """
+
+    generator: Literal["v1", "v2", "v3"] = "v1"  # size preset (vocoder/hifigan.py PRESETS)
+    segment_size: int = 8192  # training audio clip, samples (a multiple of audio.hop_length)
+    batch_size: int = 16  # segments per step
+    learning_rate: float = 2e-4  # initial AdamW learning rate, generator and discriminators
+    adam_betas: tuple[float, float] = (0.8, 0.99)  # AdamW beta1, beta2
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    lr_decay: float = 0.999  # the learning rate is multiplied by this after every epoch
+    feature_matching_weight: float = 2.0  # lambda_fm: weight of the feature-matching loss
+    mel_weight: float = 45.0  # lambda_mel: weight of the mel-spectrogram L1 loss
+    max_steps: int = 2_500_000  # optimizer steps (the paper trains V1 for 2.5M)
+    max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    eval_every: int = 1000  # steps between validations (mel L1 on whole val utterances)
+    checkpoint_every: int = 5000  # steps between checkpoints
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a tacotune job."""
 
@@ -280,6 +303,7 @@ class Config:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
     def validate(self) -> Config:
         """Check rules that involve more than one field; return self or raise ConfigError."""
@@ -367,6 +391,7 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     )
     need(sv.guard_warmup <= sv.guard_window, "supervision.guard_warmup must be <= guard_window")
     problems += _space_problems(cfg.tuning)
+    problems += _vocoder_problems(cfg.vocoder, a)
     need(len(t.probe_sentences) >= 1, "train.probe_sentences needs at least one sentence")
     return problems
 
@@ -403,6 +428,33 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
         problems.append(
             "tuning.pruner=hyperband needs tuning.trial_max_steps above "
             "tuning.prune_after_step (its smallest budget)"
+        )
+    return problems
+
+
+def _vocoder_problems(v: VocoderConfig, audio: AudioConfig) -> list[str]:
+    problems = []
+    upsampling = PRESETS[v.generator].total_upsampling
+    if upsampling != audio.hop_length:
+        problems.append(
+            f"vocoder.generator {v.generator} upsamples by {upsampling}, but audio.hop_length is "
+            f"{audio.hop_length}: every mel frame must become hop_length samples; use "
+            "hop_length 256 (every HiFi-GAN preset upsamples by 256)"
+        )
+    if v.segment_size % audio.hop_length or v.segment_size < audio.n_fft:
+        problems.append(
+            f"vocoder.segment_size ({v.segment_size}) must be a multiple of audio.hop_length "
+            f"({audio.hop_length}) and at least audio.n_fft ({audio.n_fft}), e.g. 8192"
+        )
+    if not all(0 <= b < 1 for b in v.adam_betas):
+        problems.append(f"vocoder.adam_betas must be in [0, 1), found {list(v.adam_betas)}")
+    if not (v.learning_rate > 0 and 0 < v.lr_decay <= 1):
+        problems.append("vocoder needs learning_rate > 0 and 0 < lr_decay <= 1")
+    if min(v.feature_matching_weight, v.mel_weight, v.weight_decay) < 0:
+        problems.append("vocoder loss weights and weight_decay must be >= 0")
+    if min(v.batch_size, v.max_steps, v.eval_every, v.checkpoint_every) < 1:
+        problems.append(
+            "vocoder.batch_size, max_steps, eval_every and checkpoint_every must be >= 1"
         )
     return problems
 

@@ -72,6 +72,7 @@ class Analysis:
     clipped_fraction: float = 0.0
     n_frames: int = 0
     mel_file: str = ""  # relative to the prepared directory
+    audio_file: str = ""  # the cached trimmed 16-bit audio of that mel, same directory
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ A prepared directory holds:
     config.yaml       the resolved config `prepare` ran with (text and audio sections matter)
     report.md/.json   totals, exclusions per reason, information
     mels/<hash>/      log-mel cache, keyed by a hash of the audio config
+    audio/<hash>/     the trimmed, resampled 16-bit audio each mel was computed from
+                      (ID.flac; T * hop_length samples for a T-frame mel, and
+                      MelSpectrogram(read back audio) == the cached mel exactly)
     .cache/           measurements reused by the next `prepare` run
 """
 
@@ -38,6 +41,7 @@ class ManifestEntry:
     split: str  # "train" or "val"
     audio_path: str  # the source file
     mel_path: str  # relative to the prepared directory
+    trimmed_audio_path: str  # 16-bit audio of exactly that mel (n_frames * hop), same directory
     raw_text: str  # as the user wrote it
     normalized: str  # after normalization, before stress
     text: str  # the model input (normalized + stress marks)

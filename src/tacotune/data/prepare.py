@@ -1,7 +1,9 @@
 """`tacotune prepare DATA_DIR -o PREPARED_DIR`: validate, cache mels, split, report.
 
 1. read the metadata in whatever layout it has (formats.py);
-2. measure every row: text through the frontend, audio loaded, trimmed, mel cached;
+2. measure every row: text through the frontend, audio loaded, trimmed, cut to whole
+   mel frames and quantized to 16 bits; that audio and its mel are cached together
+   (the vocoder trains on exactly these pairs: mel == MelSpectrogram(cached audio));
    rows whose source, text and configs are unchanged reuse the last run's measurements;
 3. decide per row (checks.py): kept, or excluded with a named reason;
 4. split deterministically (or keep the user's split);
@@ -26,9 +28,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from tacotune import __version__, progress
-from tacotune.audio import MelSpectrogram, load_audio, rms_dbfs, trim_silence
+from tacotune.audio import (
+    MelSpectrogram,
+    load_audio,
+    pcm16_to_float,
+    quantize_pcm16,
+    rms_dbfs,
+    trim_silence,
+    write_pcm16,
+)
 from tacotune.config.load import save_config
 from tacotune.config.schema import AudioConfig, Config, TextConfig
 from tacotune.data.checks import (
@@ -57,6 +68,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = ".cache/analysis.jsonl"
 POOL_MIN_ROWS = 32  # below this, worker start-up costs more than it saves
+AUDIO_SUFFIX = "flac"  # cached audio: lossless 16-bit PCM, about half the size of wav
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class Job:
     text: str
     audio_path: str
     mel_file: str  # relative to the prepared directory
+    audio_file: str  # the cached trimmed audio, relative to the prepared directory
 
 
 @dataclass(frozen=True)
@@ -158,7 +171,11 @@ def _job(row: SourceRow, audio_hash: str, text_hash: str) -> Job:
         row.id, str(row.audio_path), stat.st_size, stat.st_mtime_ns, row.text, text_hash, audio_hash
     )
     return Job(
-        key, row.text, str(row.audio_path), inside_output("mels", audio_hash, f"{row.id}.npy")
+        key,
+        row.text,
+        str(row.audio_path),
+        inside_output("mels", audio_hash, f"{row.id}.npy"),
+        inside_output("audio", audio_hash, f"{row.id}.{AUDIO_SUFFIX}"),
     )
 
 
@@ -180,7 +197,15 @@ def _hash(*parts: Any) -> str:
 
 
 def _reusable(analysis: Analysis | None, root: Path) -> bool:
-    return analysis is not None and (not analysis.mel_file or (root / analysis.mel_file).exists())
+    """A cached measurement whose files are still there (a row without a mel has none; one
+    measured before audio was cached has no audio_file and is measured again)."""
+    if analysis is None:
+        return False
+    if not analysis.mel_file:
+        return True
+    return bool(analysis.audio_file) and all(
+        (root / name).exists() for name in (analysis.mel_file, analysis.audio_file)
+    )
 
 
 def _analyze(jobs: list[Job], root: Path, config: Config) -> Iterator[Analysis]:
@@ -226,11 +251,9 @@ class Analyzer:
                 samples, self.audio.trim_top_db, self.audio.n_fft, self.audio.hop_length
             )
             trimmed = (start + end) / audio.sample_rate
-        mel = self.mel(torch.from_numpy(samples)) if len(samples) >= self.audio.n_fft else None
-        if mel is not None:
-            path = self.root / job.mel_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, mel.numpy().astype(np.float32))
+        mel = None
+        if len(samples) >= self.audio.n_fft:
+            samples, mel = self._cache_audio_and_mel(samples, job)
         return dataclasses.replace(
             result,
             source_sample_rate=audio.source_sample_rate,
@@ -242,7 +265,24 @@ class Analyzer:
             clipped_fraction=audio.source_clipped_fraction,
             n_frames=0 if mel is None else mel.shape[1],
             mel_file="" if mel is None else job.mel_file,
+            audio_file="" if mel is None else job.audio_file,
         )
+
+    def _cache_audio_and_mel(self, samples: np.ndarray, job: Job) -> tuple[np.ndarray, Tensor]:
+        """Cut to whole frames, quantize, write the 16-bit audio and the mel OF THAT AUDIO.
+
+        (N,) float -> (T * hop,) float as stored and its (n_mels, T) mel, T = N // hop.
+        """
+        pcm = quantize_pcm16(
+            samples[: len(samples) // self.audio.hop_length * self.audio.hop_length]
+        )
+        stored = pcm16_to_float(pcm)  # bit-identical to what read_pcm16 gives back
+        mel = self.mel(torch.from_numpy(stored))
+        for name in (job.audio_file, job.mel_file):
+            (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        write_pcm16(self.root / job.audio_file, pcm, self.audio.sample_rate)
+        np.save(self.root / job.mel_file, mel.numpy().astype(np.float32))
+        return stored, mel
 
     def _text_fields(self, text: str) -> dict[str, Any]:
         try:
@@ -315,6 +355,7 @@ def _entries(
                 split=splits[row.id],
                 audio_path=str(row.audio_path),
                 mel_path=a.mel_file,
+                trimmed_audio_path=a.audio_file,
                 raw_text=row.raw_text,
                 normalized=a.normalized,
                 text=a.text,

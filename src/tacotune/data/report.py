@@ -60,6 +60,7 @@ def build_report(
             "computed": stats["computed"],
             "reused_from_last_run": stats["reused"],
             "mel_cache": f"mels/{stats['audio_config_hash']}",
+            "audio_cache": f"audio/{stats['audio_config_hash']}",
             "elapsed_seconds": round(stats["elapsed"], 2),
             "rows_per_second": round(len(rows) / stats["elapsed"], 1) if stats["elapsed"] else 0,
         },
@@ -163,7 +164,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- durations: min {d['min']} s, median {d['median']} s, max {d['max']} s")
     lines.append(
         f"- measured {m['computed']} rows, reused {m['reused_from_last_run']} from the "
-        f"last run, in {m['elapsed_seconds']} s; mels in `{m['mel_cache']}`"
+        f"last run, in {m['elapsed_seconds']} s; mels in `{m['mel_cache']}`, their "
+        f"audio in `{m['audio_cache']}`"
     )
     if "dataset_fingerprint" in report:
         lines.append(f"- dataset fingerprint: `{report['dataset_fingerprint']}`")
