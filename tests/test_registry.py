@@ -156,6 +156,12 @@ def test_get_resolves_every_ref_form(registry: Registry, runs: tuple[Run, Run]) 
 
 
 def test_get_errors_are_specific(registry: Registry, runs: tuple[Run, Run]) -> None:
+    with pytest.raises(RegistryError, match=r"registry .* does not exist; check --root"):
+        registry.get("voice")
+    registry.root.mkdir()
+    with pytest.raises(RegistryError, match="holds no registry: nothing was ever registered"):
+        registry.get("voice")
+    (registry.root / ".lock").touch()  # a registry, whose versions were all removed
     with pytest.raises(RegistryError, match="registry is empty"):
         registry.get("voice")
     _register_two(registry, runs)

@@ -14,6 +14,7 @@ import functools
 import logging
 import pickle
 import random
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,7 @@ import torch
 from tacotune import __version__
 from tacotune.config.load import config_from_dict, config_to_dict
 from tacotune.config.schema import Config
-from tacotune.errors import CheckpointError
+from tacotune.errors import CheckpointError, ConfigError, short_repr
 from tacotune.files import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -51,24 +52,59 @@ def _tensor_bytes(value: Any) -> int:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (tensors to CPU)."""
+    """Load a checkpoint written by `save_checkpoint` (tensors to CPU).
+
+    Anything else (an empty, truncated or damaged file, random bytes, a pickle of other
+    objects) is a CheckpointError that says so: loading never falls back to unsafe unpickling.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(
+                f"checkpoint {path} is empty (0 bytes), so it holds no model; use another "
+                "checkpoint of the run (best.pt, good.pt, step_N.pt) or copy it again"
+            )
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # truncated,
-        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from error  # garbage
+    except OSError as error:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({error.strerror or error})"
+        ) from error
+    except _DAMAGED as error:
+        raise CheckpointError(
+            f"{path} is not a tacotune checkpoint or is damaged ({_damage(error)}); give a .pt "
+            "file written by tacotune (a run's checkpoints/*.pt), or copy it again"
+        ) from None  # torch's message advises unsafe loading: it is not passed on
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a tacotune checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format {payload.get('format_version')}, this tacotune "
-            f"({__version__}) reads format {FORMAT_VERSION}"
+            f"checkpoint {path} has format {short_repr(payload.get('format_version'))}, this "
+            f"tacotune ({__version__}) reads format {FORMAT_VERSION}"
         )
     return payload
+
+
+# what torch.load raises for files that are no (intact) checkpoint, found by fuzzing it
+# with random and mutated bytes: bad archives, unsafe or broken pickles, truncation
+_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, IndexError)
+_UNSUPPORTED = re.compile(r"Unsupported (?:global|operand)[^\n]{0,100}")
+
+
+def _damage(error: BaseException) -> str:
+    """What is wrong with a file torch.load refused, in a few words (never torch's advice
+    to load it with weights_only=False: that would run whatever code the file holds)."""
+    if isinstance(error, EOFError):
+        return "it ends early: truncated"
+    if isinstance(error, pickle.UnpicklingError):
+        found = _UNSUPPORTED.search(str(error))
+        detail = f": {found.group(0).rstrip('. ')}" if found else ""
+        return f"it holds objects other than tensors and plain data{detail}"
+    first = str(error).split(". ")[0].strip() or type(error).__name__
+    return f"{type(error).__name__}: {first[:120]}"
 
 
 INFERENCE_KEYS = (
@@ -89,9 +125,17 @@ def write_inference_checkpoint(source: Path, destination: Path) -> None:
     save_checkpoint(destination, {key: payload[key] for key in INFERENCE_KEYS})
 
 
-def checkpoint_config(payload: dict[str, Any]) -> Config:
-    """The resolved config stored in a checkpoint."""
-    return config_from_dict(payload["config"])
+def checkpoint_config(payload: dict[str, Any], path: str | Path | None = None) -> Config:
+    """The resolved config stored in a checkpoint (from `path`, named in errors), checked like
+    any config (`Config.validate` and its upper bounds: a crafted checkpoint cannot make
+    synthesis or training unbounded)."""
+    where = f"checkpoint {path}" if path is not None else "the checkpoint"
+    if "config" not in payload:
+        raise CheckpointError(f"{where} holds no config; was it saved by tacotune?")
+    try:
+        return config_from_dict(payload["config"]).validate()
+    except ConfigError as error:
+        raise CheckpointError(f"the config stored in {where} is refused: {error}") from error
 
 
 def config_payload(config: Config) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from tacotune.signals import interrupt_on_sigterm
 
 log = logging.getLogger("tacotune")
 
+WAV_SUFFIXES = (".wav", ".flac")  # what `synthesize -o` writes (soundfile picks the format)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tacotune` console script."""
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--file", help="one text per line, synthesized in a batch")
     syn.add_argument("--out-dir", default="synthesized", help="where --file writes its wavs")
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
-    syn.add_argument("--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed")
+    syn.add_argument(
+        "--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed, 0 to 2**63-1"
+    )
     syn.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -381,66 +385,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from tacotune.audio import save_wav
-    from tacotune.plotting import alignment_figure, save_figure
-    from tacotune.synthesize import Synthesizer
+    from tacotune.files import check_output_directory, check_output_file
+    from tacotune.synthesize import Synthesizer, check_seed, synthesize_to_files
 
     if (args.text is None) == (args.file is None):
         raise ConfigError("give either TEXT or --file")
+    check_seed(args.seed)
+    # every cheap check before the model loads and minutes of synthesis start
     if args.text is not None:
+        check_output_file(Path(args.output), "-o", WAV_SUFFIXES)
         jobs = [(args.text, Path(args.output))]
+        summary = None
     else:
         lines = _read_text_file(Path(args.file), "--file").splitlines()
         out_dir = Path(args.out_dir)
+        check_output_directory(out_dir, "--out-dir")
         jobs = [
             (line, out_dir / f"{i:04d}.wav")
             for i, line in enumerate((x for x in lines if x.strip()), start=1)
         ]
-    synthesizer = Synthesizer(
-        args.checkpoint, device=args.device, seed=args.seed
-    )  # after the cheap checks
-    if args.file is not None:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    summary = []
-    speeches = synthesizer.speak_all([text for text, _ in jobs])
-    for (text, path), speech in zip(jobs, speeches, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_wav(path, speech.audio, speech.sample_rate)
-        if args.plot:
-            for i, piece in enumerate(speech.pieces, start=1):
-                suffix = "" if len(speech.pieces) == 1 else f"_{i}"
-                save_figure(
-                    alignment_figure(piece.alignment, piece.text[:80]),
-                    path.with_name(f"{path.stem}_alignment{suffix}.png"),
-                )
-        summary.append(
-            {
-                "text": text,
-                "wav": str(path),
-                "seconds": len(speech.audio) / speech.sample_rate,
-                "complete": speech.complete,
-                "pieces": [
-                    {
-                        "input": p.text,
-                        "stopped_by_gate": p.stopped_by_gate,
-                        "stopped_at_end": p.stopped_at_end,
-                        "hit_max_steps": p.hit_max_steps,
-                        "reached_end": p.reached_end,
-                    }
-                    for p in speech.pieces
-                ],
-            }
-        )
-        log.info(
-            "%s: %.2f s%s",
-            path,
-            summary[-1]["seconds"],
-            "" if speech.complete else " (incomplete: see the warnings above)",
-        )
-    if args.file is not None:
-        (Path(args.out_dir) / "synthesis.json").write_text(
-            json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
-        )
+        if not jobs:
+            raise TextError(f"--file {args.file} holds no text: write one text per line")
+        summary = out_dir / "synthesis.json"
+    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
+    synthesize_to_files(synthesizer, jobs, plot=args.plot, summary_path=summary)
     return 0
 
 
@@ -540,7 +508,10 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
     registry = Registry(args.root)
     if args.action == "list":  # the listing is the command's output: stdout
-        Console().print(versions_table(registry.versions(args.ref)))
+        versions = registry.versions(args.ref)
+        if not versions:
+            registry.check_root()  # a mistyped --root is an error, not an empty table
+        Console().print(versions_table(versions))
         return 0
     if not args.ref:
         raise ConfigError(f"registry {args.action} needs a reference: NAME[:VERSION]")

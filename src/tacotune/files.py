@@ -13,7 +13,8 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +23,10 @@ from tacotune.errors import TacotuneError
 
 class DiskFullError(TacotuneError):
     """A write failed because the filesystem is full."""
+
+
+class OutputError(TacotuneError):
+    """An output path named by the user cannot be written."""
 
 
 @contextlib.contextmanager
@@ -70,6 +75,49 @@ def copy_file_atomic(source: Path, destination: Path) -> None:
         atomic_writer(destination, size_hint=source.stat().st_size) as write,
     ):
         shutil.copyfileobj(read, write, length=2**22)
+
+
+def check_output_file(path: Path, flag: str, suffixes: Collection[str]) -> None:
+    """Refuse, before any work is done, an output file that could not be written: a
+    directory, a name without one of `suffixes`, a path under a file, a directory that
+    cannot be written in. `flag` names the option in the message."""
+    if path.is_dir():
+        raise OutputError(
+            f"{flag} {path} is a directory; give a file name such as {path / 'out.wav'}"
+        )
+    if path.suffix.lower() not in suffixes:
+        found = f"the extension {path.suffix!r}" if path.suffix else "no extension"
+        raise OutputError(
+            f"{flag} {path} has {found}; give a file name ending in {' or '.join(suffixes)}"
+        )
+    _check_creatable(path.parent, flag, path)
+
+
+def check_output_directory(path: Path, flag: str) -> None:
+    """Refuse, before any work is done, an output directory that could not be written."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a directory; give a directory")
+    _check_creatable(path, flag, path)
+
+
+def _check_creatable(directory: Path, flag: str, target: Path) -> None:
+    """`directory` exists and takes a new file, or can be created: its nearest existing
+    ancestor is a directory that takes one (tried with a temporary file, which works
+    whoever runs it, root included)."""
+    existing = directory.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"{flag} {target}: {existing} is a file, so nothing can be created under it"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tacotune-probe-"):
+            pass
+    except OSError as error:
+        raise OutputError(
+            f"{flag} {target}: cannot write in {existing} ({error.strerror or error})"
+        ) from error
 
 
 def disk_full(path: Path, needed_bytes: int) -> DiskFullError:

@@ -11,6 +11,8 @@ Layout of a registry root (``./registry``, ``$TACOTUNE_REGISTRY`` or an explicit
 
 A version directory is built in a temporary directory inside the root and renamed into
 place, so a reader never sees half a version; stage changes replace meta.json atomically.
+meta.json holds the sha256 of model.pt, and `get` checks it: a version whose checkpoint
+was damaged or replaced is an error, never a silently different voice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -37,7 +40,7 @@ from rich.text import Text
 
 from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import save_config
-from tacotune.errors import CheckpointError, ConfigError, TacotuneError
+from tacotune.errors import CheckpointError, TacotuneError
 from tacotune.files import copy_file_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class ModelVersion:
     data_fingerprint: str  # the checkpoint's "dataset_fingerprint"
     code_version: str  # the checkpoint's "code_version"
     source: str  # where it came from (a run directory), free text
+    sha256: str = ""  # of model.pt at registration ("" for versions registered before hashes)
 
     @property
     def checkpoint(self) -> Path:
@@ -82,6 +86,25 @@ class ModelVersion:
         data = dataclasses.asdict(self)
         del data["directory"]
         return data
+
+    def verify(self) -> None:
+        """Check that model.pt still has the sha256 recorded at registration (RegistryError
+        naming the file and both hashes if not). A version registered before hashes were
+        recorded cannot be checked: a warning says so."""
+        if not self.sha256:
+            log.warning(
+                "%s has no recorded sha256 (registered by an older tacotune): "
+                "its checkpoint is not verified",
+                self.ref,
+            )
+            return
+        found = file_sha256(self.checkpoint)
+        if found != self.sha256:
+            raise RegistryError(
+                f"{self.checkpoint} of {self.ref} was changed after registration: its sha256 "
+                f"is {found}, meta.json records {self.sha256}; restore the file (e.g. from "
+                f"the run in {self.source or 'its source'}) or register the voice again"
+            )
 
 
 class Registry:
@@ -116,6 +139,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-register-", dir=self.root))
         try:
             _place_checkpoint(Path(checkpoint), staging / "model.pt")
+            digest = file_sha256(staging / "model.pt")  # of the version's own bytes
             payload = _load_payload(staging / "model.pt", Path(checkpoint))
             _write_config(payload, staging / "config.yaml", Path(checkpoint))
             write_json_atomic(staging / "metrics.json", clean_metrics)
@@ -132,6 +156,7 @@ class Registry:
                     data_fingerprint=str(payload["dataset_fingerprint"]),
                     code_version=str(payload["code_version"]),
                     source=source,
+                    sha256=digest,
                 )
                 write_json_atomic(staging / "meta.json", version.meta())
                 if stage == "production":
@@ -154,13 +179,35 @@ class Registry:
         ]
         return sorted(found, key=lambda v: (v.name, v.version))
 
-    def get(self, ref: str) -> ModelVersion:
-        """Resolve ``name``, ``name:3``, ``name:latest`` or ``name:<stage>`` (newest in it)."""
+    def check_root(self) -> None:
+        """Raise RegistryError if the root does not exist or holds no registry (a mistyped
+        --root or $TACOTUNE_REGISTRY, rather than an empty registry)."""
+        where = "check --root (tacotune export: --registry) or $TACOTUNE_REGISTRY"
+        if not self.root.exists():
+            raise RegistryError(f"registry {self.root} does not exist; {where}")
+        if not self.root.is_dir():
+            raise RegistryError(f"registry {self.root} is a file, not a directory; {where}")
+        if not (self.root / ".lock").exists() and not self.versions():
+            raise RegistryError(
+                f"{self.root} holds no registry: nothing was ever registered there "
+                f"(no .lock, no NAME/vN/meta.json); {where}"
+            )
+
+    def get(self, ref: str, *, verify: bool = True) -> ModelVersion:
+        """Resolve ``name``, ``name:3``, ``name:latest`` or ``name:<stage>`` (newest in it);
+        with `verify`, check its checkpoint against the recorded sha256 (ModelVersion.verify)."""
+        version = self._resolve(ref)
+        if verify:
+            version.verify()
+        return version
+
+    def _resolve(self, ref: str) -> ModelVersion:
         name, _, selector = ref.partition(":")
         if not _valid_name(name):
             raise RegistryError(f"bad model reference {ref!r}: expected {_REF_FORMS}")
         candidates = self.versions(name)
         if not candidates:
+            self.check_root()
             names = sorted({v.name for v in self.versions()})
             known = f"registered names: {', '.join(names)}" if names else "the registry is empty"
             raise RegistryError(f"no model named {name!r} in {self.root} ({known})")
@@ -178,7 +225,8 @@ class Registry:
                 stages = ", ".join(f"{v.ref} {v.stage}" for v in candidates)
                 raise RegistryError(
                     f"{name} has no version in stage {selector!r} ({stages}); "
-                    f"promote one with `tacotune registry promote {name}:VERSION {selector}`"
+                    "promote one with `tacotune registry promote "
+                    f"{name}:VERSION --stage {selector} --root {shlex.quote(str(self.root))}`"
                 )
             return in_stage[-1]
         raise RegistryError(f"bad model reference {ref!r}: expected {_REF_FORMS}")
@@ -187,7 +235,7 @@ class Registry:
         """Move a version to `stage`; a new production version archives the previous one."""
         _check_stage(stage)
         with self._locked():
-            target = self.get(ref)
+            target = self.get(ref)  # verified: a damaged file is never promoted
             if stage == "production":
                 self._archive_production(target.name, keep=target.version)
             updated = dataclasses.replace(target, stage=stage)
@@ -205,7 +253,7 @@ class Registry:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
         try:
-            shutil.copy2(version.checkpoint, staging / "model.pt")
+            copy_file_atomic(version.checkpoint, staging / "model.pt")
             shutil.copy2(version.directory / "config.yaml", staging / "config.yaml")
             write_json_atomic(staging / "meta.json", version.meta())
             readme = export_readme(version, target.resolve())
@@ -300,6 +348,17 @@ def export_readme(version: ModelVersion, directory: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file (RegistryError if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as error:
+        raise RegistryError(
+            f"{path} cannot be read ({error.strerror or error}); restore it or remove its version"
+        ) from error
+
+
 def _place_checkpoint(source: Path, destination: Path) -> None:
     """Copy `source` to `destination`: the version owns its bytes (see copy_file_atomic)."""
     if not source.is_file():
@@ -327,11 +386,10 @@ def _load_payload(path: Path, shown: Path) -> dict[str, Any]:
 
 def _write_config(payload: dict[str, Any], path: Path, shown: Path) -> None:
     try:
-        save_config(checkpoint_config(payload), path)
-    except ConfigError as error:
-        raise RegistryError(
-            f"the config stored in checkpoint {shown} is invalid: {error}"
-        ) from error
+        config = checkpoint_config(payload, shown)
+    except CheckpointError as error:
+        raise RegistryError(f"checkpoint {shown} cannot be registered: {error}") from error
+    save_config(config, path)
 
 
 def _payload_score(payload: dict[str, Any]) -> float | None:

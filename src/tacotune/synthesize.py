@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from tacotune import progress
 from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.config.schema import Config
 from tacotune.data.dataset import pad_ids
 from tacotune.device import resolve_device
-from tacotune.errors import TextError
+from tacotune.errors import CheckpointError, ConfigError, TextError, short_repr
+from tacotune.files import write_json_atomic
 from tacotune.model.tacotron2 import SynthesisOutput, Tacotron2
 from tacotune.supervision.metrics import AlignmentMetrics, alignment_metrics
 from tacotune.text.frontend import TextFrontend, model_input_to_ids
-from tacotune.text.symbols import LETTERS
+from tacotune.text.symbols import LETTERS, SYMBOLS
 from tacotune.vocoder import GriffinLim, Vocoder
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ BATCH_SIZE = 16  # pieces decoded together by speak_all
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—])\s+")
 _SEPARATORS = (_SENTENCE_END, _CLAUSE_END, re.compile(r"\s+"))
+Chunk = tuple[str, tuple[int, ...]]  # one piece of text: (model input, symbol ids)
 
 
 @dataclass(frozen=True)
@@ -81,16 +87,17 @@ class Synthesizer:
         seed: int = 0,
     ) -> None:
         """`checkpoint`: a .pt file, a run directory (uses checkpoints/best.pt) or a payload;
-        `device`: cpu, cuda or auto (cuda when available)."""
-        payload = (
-            checkpoint if isinstance(checkpoint, dict) else load_checkpoint(best_in_run(checkpoint))
-        )
-        self.config = checkpoint_config(payload)
-        self.frontend = TextFrontend.from_state(payload["text_frontend"])
+        `device`: cpu, cuda or auto (cuda when available); `seed`: 0 <= seed < 2**63."""
+        check_seed(seed)
+        if isinstance(checkpoint, dict):
+            payload, source = checkpoint, "payload"
+        else:
+            path = best_in_run(checkpoint)
+            payload, source = load_checkpoint(path), str(path)
+        voice = load_voice(payload, source)
+        self.config, self.frontend = voice.config, voice.frontend
         self.device = resolve_device(device)
-        self.model = Tacotron2(self.config.model, payload["n_symbols"], self.config.audio.n_mels)
-        self.model.load_state_dict(payload["model"])
-        self.model.to(self.device).eval()
+        self.model = voice.model.to(self.device).eval()
         self.vocoder: Vocoder = vocoder or GriffinLim(self.config.audio, seed)
         self.seed = seed
 
@@ -103,7 +110,16 @@ class Synthesizer:
 
         Every text is checked (and split) before any decoding starts.
         """
-        chunks = [split_text(self.frontend, text) for text in texts]
+        return self.speak_split(texts, self.split_all(texts), batch_size)
+
+    def split_all(self, texts: list[str]) -> list[list[Chunk]]:
+        """The model-input pieces of every text (see `split_text`): checks every text."""
+        return [split_text(self.frontend, text) for text in texts]
+
+    def speak_split(
+        self, texts: list[str], chunks: list[list[Chunk]], batch_size: int = BATCH_SIZE
+    ) -> list[Speech]:
+        """`speak_all` of texts already split by `split_all`."""
         flat = [chunk for text_chunks in chunks for chunk in text_chunks]
         # decode similar lengths together: a batch runs as long as its longest item
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1]))
@@ -127,7 +143,7 @@ class Synthesizer:
         return np.concatenate(parts[:-1])
 
     @torch.inference_mode()
-    def decode(self, chunks: list[tuple[str, tuple[int, ...]]]) -> list[Piece]:
+    def decode(self, chunks: list[Chunk]) -> list[Piece]:
         """Decode (model input, ids) pairs in one batch."""
         text, lengths = pad_ids([ids for _, ids in chunks])
         out = self.infer(text, lengths)
@@ -162,7 +178,88 @@ class Synthesizer:
         return self.model.infer(text.to(self.device), lengths.to(self.device), generator=generator)
 
 
-def split_text(frontend: TextFrontend, text: str) -> list[tuple[str, tuple[int, ...]]]:
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; numpy and the CLI agree on this range
+NEEDED = ("config", "text_frontend", "n_symbols", "model")  # what synthesis reads
+
+
+@dataclass(frozen=True)
+class Voice:
+    """What synthesis builds from a checkpoint, every part checked against the others."""
+
+    config: Config  # validated, bounds included (checkpoint_config)
+    frontend: TextFrontend
+    model: Tacotron2  # weights loaded, on the CPU
+
+
+def check_seed(seed: int) -> None:
+    """A seed every generator synthesis uses accepts: an integer in [0, MAX_SEED]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"the seed must be an integer in [0, 2**63 - 1], found {short_repr(seed)}"
+        )
+
+
+def load_voice(payload: dict[str, Any], source: str) -> Voice:
+    """Config, text frontend and model of a checkpoint payload (`source` names it in errors).
+
+    A payload that lacks a part, whose config is out of range, or whose weights do not fit
+    its own config (another n_mels, width or symbol count) is one CheckpointError.
+    """
+    missing = [key for key in NEEDED if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {source} lacks {', '.join(missing)}: synthesis needs the config, text "
+            "frontend, symbol count and weights that `tacotune train` saves; give a run's "
+            "checkpoints/model.pt or best.pt"
+        )
+    config = checkpoint_config(payload, source)
+    try:
+        frontend = TextFrontend.from_state(payload["text_frontend"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"checkpoint {source} holds a malformed text_frontend ({short_repr(error)}); "
+            "the file was edited or damaged"
+        ) from error
+    n_symbols = payload["n_symbols"]
+    if type(n_symbols) is not int or n_symbols != len(SYMBOLS):
+        raise CheckpointError(
+            f"checkpoint {source} says n_symbols={short_repr(n_symbols)}, but its text frontend "
+            f"has {len(SYMBOLS)} symbols; the file was edited or damaged"
+        )
+    model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels)  # bounded by validate()
+    problems = weight_problems(model.state_dict(), payload["model"])
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint {source}: its weights do not fit its own config "
+            f"({'; '.join(problems[:3])}{more}); the file was edited or damaged"
+        )
+    model.load_state_dict(payload["model"])
+    return Voice(config, frontend, model)
+
+
+def weight_problems(expected: Mapping[str, torch.Tensor], found: Any) -> list[str]:
+    """How the tensors `found` differ from a model's state dict `expected` (empty: they fit)."""
+    if not isinstance(found, Mapping):
+        return [f"the weights are a {type(found).__name__}, not a mapping of tensors"]
+    problems = [f"{name} is missing" for name in expected if name not in found]
+    problems += [
+        f"{short_repr(name)} is not in the model" for name in found if name not in expected
+    ]
+    for name, tensor in expected.items():
+        value = found.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{name} is a {type(value).__name__}, not a tensor")
+        elif value.shape != tensor.shape:
+            problems.append(
+                f"{name} has shape {tuple(value.shape)}, the config needs {tuple(tensor.shape)}"
+            )
+    return problems
+
+
+def split_text(frontend: TextFrontend, text: str) -> list[Chunk]:
     """Model-input pieces of at most MAX_CHUNK_CHARS.
 
     A text that fits is one piece (short sentences are out of the training distribution
@@ -209,3 +306,95 @@ def best_in_run(path: str | Path) -> Path:
         best = path / "checkpoints" / "best.pt"
         return best if best.exists() else path / "checkpoints" / "last.pt"
     return path
+
+
+PROGRESS_SECONDS = 10.0  # a long --file logs its progress about this often (without a terminal)
+FILE_BATCH_TEXTS = BATCH_SIZE  # texts spoken (and their files written) per batch of a --file
+
+
+def synthesize_to_files(
+    synthesizer: Synthesizer,
+    jobs: list[tuple[str, Path]],
+    *,
+    plot: bool = False,
+    summary_path: Path | None = None,
+    texts_per_batch: int | None = None,
+) -> list[dict[str, Any]]:
+    """Speak each (text, wav path) job and write its wav (and alignment PNGs with `plot`).
+
+    Every text is checked before any decoding. The jobs are then spoken `texts_per_batch`
+    (default FILE_BATCH_TEXTS) at a time, and each batch's files are written before the
+    next batch starts, with `summary_path` (JSON, one record per written wav) rewritten
+    after each batch: an interrupted or failed long file keeps everything done so far.
+    Progress shows as a bar on a terminal, else as a log line about every PROGRESS_SECONDS.
+    """
+    chunks = synthesizer.split_all([text for text, _ in jobs])  # every text checked first
+    per_batch = texts_per_batch or FILE_BATCH_TEXTS
+    summary: list[dict[str, Any]] = []
+    started = last_report = time.monotonic()
+    with progress.make_progress() as bar:
+        task = bar.add_task("synthesizing", total=len(jobs))
+        for start in range(0, len(jobs), per_batch):
+            batch = jobs[start : start + per_batch]
+            speeches = synthesizer.speak_split(
+                [text for text, _ in batch], chunks[start : start + per_batch]
+            )
+            for (_, path), speech in zip(batch, speeches, strict=True):
+                summary.append(_write_speech(speech, path, plot))
+            if summary_path is not None:
+                write_json_atomic(summary_path, summary)
+            bar.advance(task, len(batch))
+            now = time.monotonic()
+            due = now - last_report >= PROGRESS_SECONDS and len(summary) < len(jobs)
+            if due and not progress.enabled():  # a bar shows it on a terminal
+                last_report = now
+                _log_progress(len(summary), len(jobs), now - started)
+    if len(jobs) > 1:
+        _log_progress(len(summary), len(jobs), time.monotonic() - started)
+    return summary
+
+
+def _write_speech(speech: Speech, path: Path, plot: bool) -> dict[str, Any]:
+    """Write one wav (and its alignment PNGs); its record in the summary."""
+    from tacotune.audio import save_wav
+    from tacotune.plotting import alignment_figure, save_figure
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_wav(path, speech.audio, speech.sample_rate)
+    if plot:
+        for i, piece in enumerate(speech.pieces, start=1):
+            suffix = "" if len(speech.pieces) == 1 else f"_{i}"
+            save_figure(
+                alignment_figure(piece.alignment, piece.text[:80]),
+                path.with_name(f"{path.stem}_alignment{suffix}.png"),
+            )
+    seconds = len(speech.audio) / speech.sample_rate
+    log.log(
+        logging.INFO if speech.complete else logging.WARNING,
+        "%s: %.2f s%s",
+        path,
+        seconds,
+        "" if speech.complete else " (incomplete: see the warnings above)",
+    )
+    return {
+        "text": speech.text,
+        "wav": str(path),
+        "seconds": seconds,
+        "complete": speech.complete,
+        "pieces": [
+            {
+                "input": p.text,
+                "stopped_by_gate": p.stopped_by_gate,
+                "stopped_at_end": p.stopped_at_end,
+                "hit_max_steps": p.hit_max_steps,
+                "reached_end": p.reached_end,
+            }
+            for p in speech.pieces
+        ],
+    }
+
+
+def _log_progress(done: int, total: int, seconds: float) -> None:
+    rate = done / seconds if seconds > 0 else 0.0
+    left = f", about {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
+    log.info("synthesized %d of %d texts (%.2f texts/s%s)", done, total, rate, left)

@@ -1,8 +1,9 @@
 """Alerts: selected run events become plain-text messages for Telegram, a webhook and the log.
 
-`AlertDispatcher.on_event` (it is a `RunListener`) only formats an event and queues the
-`Alert`; one daemon thread delivers it to every notifier with a few retries, so a slow or dead
-server can neither block nor crash training. Summaries (`evaluation` events) are rate-limited.
+`AlertDispatcher.on_event` (it is a `RunListener`) formats an event, writes the `Alert` to the
+log at once and queues it for every other notifier; each of them has its own daemon thread that
+delivers with a few retries, so a slow or dead server can neither block nor crash training, nor
+delay the log or another notifier. Summaries (`evaluation` events) are rate-limited.
 Secrets come only from the environment or a KEY=VALUE file; every error message built here goes
 through a redaction function, so the Telegram token reaches no log line, exception or file.
 Telegram gets `parse_mode=HTML` with escaped text, so no character can break a message.
@@ -206,7 +207,7 @@ class Delivery:
     """What happened to the alerts of a dispatcher, counted when it closed."""
 
     failed: int  # (alert, notifier) deliveries that failed after all attempts
-    dropped: int  # alerts never handed to the notifiers (queue full, shutdown)
+    dropped: int  # (alert, notifier) deliveries never attempted (queue full, shutdown)
 
     @property
     def complete(self) -> bool:
@@ -215,7 +216,8 @@ class Delivery:
 
 
 class AlertDispatcher(RunListener):
-    """Formats events on the caller's thread, delivers them on one daemon thread."""
+    """Formats events on the caller's thread; writes the log at once and hands every other
+    notifier the alert on its own queue and daemon thread."""
 
     def __init__(
         self,
@@ -224,49 +226,49 @@ class AlertDispatcher(RunListener):
         run_dir: Path,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._notifiers = tuple(notifiers)
         self._config, self._run_dir, self._clock = config, run_dir, clock
         self._last_summary: float | None = None
-        self._pending: deque[Alert] = deque()
-        self._cond = threading.Condition()  # guards _pending, _closing and the counters
-        self._abandon = threading.Event()  # close() ran out of time: stop at once
-        self._closing = False
-        self._failed = 0  # (alert, notifier) deliveries that failed after all attempts
-        self._dropped = 0  # alerts never handed to the notifiers (queue full, shutdown)
-        self._warned: set[str] = set()  # notifiers whose first failure was logged
-        self._thread = threading.Thread(target=self._run, name="tacotune-alerts", daemon=True)
-        self._thread.start()
+        # the log is local and instant: written in on_event, so it always gets every alert
+        self._direct = tuple(n for n in notifiers if isinstance(n, LogNotifier))
+        self._channels = tuple(
+            _Channel(n, config) for n in notifiers if not isinstance(n, LogNotifier)
+        )
+        self._delivery: Delivery | None = None  # set by close()
 
     def on_event(self, event: Mapping[str, Any]) -> None:
-        """Format and enqueue; never blocks (delivery failures are the worker's business;
-        format_alert copes with any details an event carries)."""
+        """Format, log, and enqueue for the other notifiers; never blocks (delivery failures
+        are the channels' business; format_alert copes with any details an event carries)."""
+        if self._delivery is not None:
+            log.debug("alerts: %s came after close(); not sent", event.get("event"))
+            return
         if event.get("event") == Event.EVALUATION and not self._summary_due():
             return
         alert = format_alert(event, self._run_dir, self._config.send_samples)
-        if alert is not None:
-            self._enqueue(alert)
+        if alert is None:
+            return
+        for notifier in self._direct:
+            notifier.send(alert)
+        for channel in self._channels:
+            channel.put(alert)
 
     def on_close(self, status: RunStatus) -> None:
         """The run is over: deliver what is queued within alerts.timeout_seconds."""
         self.close(timeout=self._config.timeout_seconds)
 
     def close(self, timeout: float = 5.0) -> Delivery:
-        """Deliver what is queued within `timeout` seconds, then stop the thread."""
-        with self._cond:
-            if self._closing:
-                return Delivery(self._failed, self._dropped)
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(max(timeout, 0.0))
-        if self._thread.is_alive():
-            self._abandon.set()
-        with self._cond:
-            self._dropped += len(self._pending)
-            self._pending.clear()
-            failed, dropped = self._failed, self._dropped
+        """Deliver what is queued within `timeout` seconds (for all notifiers together),
+        then stop the threads; what is still queued then counts as dropped."""
+        if self._delivery is not None:
+            return self._delivery
+        deadline = time.monotonic() + max(timeout, 0.0)
+        for channel in self._channels:
+            channel.finish()
+        counts = [channel.join(deadline) for channel in self._channels]
+        failed, dropped = sum(f for f, _ in counts), sum(d for _, d in counts)
+        self._delivery = Delivery(failed, dropped)
         if failed or dropped:
             log.warning("alerts: %d deliveries failed, %d messages dropped", failed, dropped)
-        return Delivery(failed, dropped)
+        return self._delivery
 
     def _summary_due(self) -> bool:
         every = self._config.summary_every_minutes * 60.0
@@ -276,10 +278,29 @@ class AlertDispatcher(RunListener):
         self._last_summary = now
         return True
 
-    def _enqueue(self, alert: Alert) -> None:
+
+class _Channel:
+    """One notifier's queue and delivery thread, so that a slow or dead server delays only
+    its own alerts: each attempt is bounded (timeout, retries, backoff)."""
+
+    def __init__(self, notifier: Notifier, config: AlertsConfig) -> None:
+        self._notifier, self._config = notifier, config
+        self._pending: deque[Alert] = deque()
+        self._cond = threading.Condition()  # guards _pending, _closing and the counters
+        self._abandon = threading.Event()  # join() ran out of time: stop at once
+        self._closing = False
+        self._failed = 0  # alerts that failed after all attempts
+        self._dropped = 0  # alerts never delivered nor failed (queue full, shutdown)
+        self._sending = False  # an attempt is under way (abandoned at shutdown: dropped)
+        self._warned = False  # the first failure was logged
+        name = f"tacotune-alerts-{notifier.name}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, alert: Alert) -> None:
+        """Queue `alert`; a full queue drops its oldest summary, or else `alert`."""
         with self._cond:
             if self._closing:
-                log.debug("alerts: %s came after close(); not sent", alert.event)
                 return
             if len(self._pending) >= _QUEUE_SIZE:
                 self._dropped += 1
@@ -290,6 +311,24 @@ class AlertDispatcher(RunListener):
             self._pending.append(alert)
             self._cond.notify()
 
+    def finish(self) -> None:
+        """Accept nothing more; the thread ends once the queue is empty."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def join(self, deadline: float) -> tuple[int, int]:
+        """Wait for the thread until `deadline` (time.monotonic), then abandon it; the
+        (failed, dropped) counts."""
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread.is_alive():
+            self._abandon.set()
+        with self._cond:
+            self._dropped += len(self._pending) + int(self._sending)
+            self._pending.clear()
+            self._sending = False  # counted; a late outcome of that attempt is not
+            return self._failed, self._dropped
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -298,30 +337,32 @@ class AlertDispatcher(RunListener):
                 if self._abandon.is_set() or not self._pending:
                     return
                 alert = self._pending.popleft()
-            for notifier in self._notifiers:
-                if not self._abandon.is_set():
-                    self._deliver(notifier, alert)
+                self._sending = True
+            failed = not self._deliver(alert)
+            with self._cond:
+                if self._sending and failed:
+                    self._failed += 1
+                self._sending = False
 
-    def _deliver(self, notifier: Notifier, alert: Alert) -> None:
+    def _deliver(self, alert: Alert) -> bool:
+        """Send with retries; whether it arrived (the first failure is logged)."""
         attempts = max(1, self._config.retries)
         for attempt in range(1, attempts + 1):
             try:
-                notifier.send(alert)
-                return
+                self._notifier.send(alert)
+                return True
             except NotifierError as err:
                 error = err
             wait = error.retry_after or _BACKOFF_SECONDS * 2 ** (attempt - 1)
             if attempt == attempts or self._abandon.wait(min(wait, _MAX_WAIT_SECONDS)):
                 break
-        with self._cond:
-            self._failed += 1
-            first = notifier.name not in self._warned
-            self._warned.add(notifier.name)
+        first, self._warned = not self._warned, True  # (only this thread reads _warned)
         if first:
             later = "later failures are only counted"
             log.warning(
-                "alerts: %s failed on %s: %s (%s)", notifier.name, alert.event, error, later
+                "alerts: %s failed on %s: %s (%s)", self._notifier.name, alert.event, error, later
             )
+        return False
 
 
 # --- secrets and assembly -----------------------------------------------------------------

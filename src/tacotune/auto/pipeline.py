@@ -251,7 +251,9 @@ def _tune(job: AutoJob, workers: int, facts: dict[str, Any]) -> None:
     from tacotune.tuning import run_study
 
     config = job.config()
-    window = min(plan["tune_minutes"] * 60, job.state.left - RESERVE_SECONDS)
+    # out of time (a resumed auto): a 1 s window starts no new trial (none could finish in
+    # it), and the trials finished before still count
+    window = max(min(plan["tune_minutes"] * 60, job.state.left - RESERVE_SECONDS), 1.0)
     result = run_study(
         config, job.out / "prepared", job.out / "study", workers=workers, timeout=window
     )

@@ -392,7 +392,57 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     need(sv.guard_warmup <= sv.guard_window, "supervision.guard_warmup must be <= guard_window")
     problems += _space_problems(cfg.tuning)
     problems += _vocoder_problems(cfg.vocoder, a)
+    problems += _bound_problems(cfg)
     need(len(t.probe_sentences) >= 1, "train.probe_sentences needs at least one sentence")
+    return problems
+
+
+# Ranges of the settings that size the model and the work of synthesis. Configs also come
+# inside checkpoints, which anyone can craft: without bounds one number (a billion decoder
+# steps, a million Griffin-Lim iterations, a 10**6-wide layer) makes synthesis run or
+# allocate without end. Each range holds every real Tacotron2 setup with room to spare.
+MAX_DIM = 4096  # any layer width (the paper's widest is 1024)
+MAX_KERNEL = 255  # any convolution width (the paper's widest: location features, 31)
+MAX_LAYERS = 32  # encoder / postnet convolutions (the paper: 3 / 5)
+BOUNDS: dict[str, tuple[float, float]] = {
+    "audio.sample_rate": (8000, 192000),  # Hz: telephone speech to studio audio
+    "audio.n_fft": (64, 16384),  # 3 ms to 0.7 s at 22050 Hz
+    "audio.n_mels": (1, 512),  # vocoders use 80 or 128
+    "audio.griffin_lim_iters": (1, 1000),  # 60 sound as good as it gets; each costs 2 STFTs
+    "model.embedding_dim": (1, MAX_DIM),
+    "model.encoder_dim": (2, MAX_DIM),
+    "model.attention_rnn_dim": (1, MAX_DIM),
+    "model.attention_dim": (1, MAX_DIM),
+    "model.attention_location_filters": (1, MAX_DIM),
+    "model.prenet_dim": (1, MAX_DIM),
+    "model.decoder_rnn_dim": (1, MAX_DIM),
+    "model.postnet_dim": (1, MAX_DIM),
+    "model.gst_dim": (1, MAX_DIM),
+    "model.encoder_kernel_size": (1, MAX_KERNEL),
+    "model.postnet_kernel_size": (1, MAX_KERNEL),
+    "model.attention_location_kernel_size": (1, MAX_KERNEL),
+    "model.encoder_conv_layers": (1, MAX_LAYERS),
+    "model.postnet_layers": (1, MAX_LAYERS),
+    "model.gst_tokens": (1, 1024),
+    "model.gst_heads": (1, 64),
+    "model.reduction_factor": (1, 16),  # frames per decoder step
+    "model.ddc_reduction_factor": (1, 64),
+    "model.max_decoder_steps": (1, 10000),  # 10000 steps of r=2: 4 minutes of speech per piece
+    "model.max_frames_per_char": (0.1, 100),  # a character takes ~6 frames; 100 is ~1.2 s
+}
+
+
+def _bound_problems(cfg: Config) -> list[str]:
+    """Every BOUNDS setting outside its range, and reduction-schedule factors above 16."""
+    problems = []
+    for key, (low, high) in BOUNDS.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if not low <= value <= high:
+            problems.append(f"{key} must be in [{low:g}, {high:g}], found {short_repr(value)}")
+    high_r = BOUNDS["model.reduction_factor"][1]
+    if any(r > high_r for _, r in cfg.model.reduction_schedule):
+        problems.append(f"model.reduction_schedule factors must be <= {high_r:g}")
     return problems
 
 

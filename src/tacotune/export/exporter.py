@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tacotune.audio import GRIFFIN_LIM_MOMENTUM, LOG_CLAMP
-from tacotune.checkpoint import checkpoint_config, code_version, load_checkpoint
+from tacotune.checkpoint import code_version, load_checkpoint
 from tacotune.config.load import save_config
 from tacotune.config.schema import Config
 from tacotune.export.bundle import CONFIG, FRONTEND, README, ExportError, write_manifest
@@ -33,7 +33,7 @@ from tacotune.export.graphs import OPSET, export_graphs
 from tacotune.export.readme import export_readme
 from tacotune.model.tacotron2 import Tacotron2
 from tacotune.registry import Registry
-from tacotune.synthesize import best_in_run
+from tacotune.synthesize import best_in_run, load_voice
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,8 @@ def export_voice(
             f"checkpoint {checkpoint} lacks {', '.join(missing)}, so it cannot be exported; "
             "give a checkpoint saved by `tacotune train`"
         )
-    config = checkpoint_config(payload)
-    model = Tacotron2(config.model, payload["n_symbols"], config.audio.n_mels)
-    model.load_state_dict(payload["model"])
+    loaded = load_voice(payload, str(checkpoint))  # config bounds, weights that fit it
+    config, model = loaded.config, loaded.model
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(

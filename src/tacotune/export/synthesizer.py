@@ -10,7 +10,7 @@ import torch
 
 from tacotune.export.runtime import MaskSampler, OnnxVoice
 from tacotune.model.tacotron2 import SynthesisOutput
-from tacotune.synthesize import Synthesizer
+from tacotune.synthesize import Synthesizer, check_seed
 from tacotune.vocoder import GriffinLim, Vocoder
 
 
@@ -61,6 +61,7 @@ class OnnxSynthesizer(Synthesizer):
         `threads`: onnxruntime's intra-op threads (None: every core); `masks`: the prenet
         dropout masks (default: the torch model's for the same seed)."""
         # not Synthesizer.__init__: there is no torch model to load
+        check_seed(seed)
         self.voice = OnnxVoice(directory, threads, masks)
         self.config = self.voice.config
         self.frontend = self.voice.frontend

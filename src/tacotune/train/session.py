@@ -176,6 +176,45 @@ class Session:
         self.run_log.event(self.state.step, Event.DEBUG_REPORT, reason=reason, path=str(path))
 
 
+# what a run directory holds (loop.py, records.py, runlog.py, debug.py, TensorBoard)
+RUN_ENTRIES = frozenset(
+    {
+        "config.yaml",
+        "events.jsonl",
+        "metrics.jsonl",
+        "checkpoints",
+        "samples",
+        "debug",
+        "tensorboard",
+    }
+)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run needs a new or empty directory: training must never write its config.yaml,
+    checkpoints and logs into a prepared dataset or any other directory. A directory that
+    holds only what a run writes but no last.pt (a run that failed before its first
+    checkpoint) may be used again."""
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run; continue it with "
+            f"--resume {run_dir}, or train into a new directory"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file; a run needs a new or empty directory")
+    foreign = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    foreign = [name for name in foreign if name not in RUN_ENTRIES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ConfigError(
+            f"{run_dir} is not empty and holds no training run ({shown}); a run writes "
+            "config.yaml, checkpoints and logs into its directory, so it needs a new or empty "
+            "one: give another -o"
+        )
+
+
 def open_session(
     config: Config,
     prepared_dir: str | Path,
@@ -185,11 +224,8 @@ def open_session(
     run_log: RunLog,
 ) -> Session:
     """Steps 1-4 of training: environment, data, model and optimizer, run directory."""
-    if checkpoint is None and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run; continue it with "
-            f"--resume {run_dir}, or train into a new directory"
-        )
+    if checkpoint is None:
+        check_new_run_dir(run_dir)
     # 1. environment: threads, device, processes, precision, seeds
     env = setup_environment(config.train)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,24 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tacotune.config.schema import TuningConfig
+from tacotune.errors import ConfigError, short_repr
 
 JOURNAL_FILE = "journal.log"
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")  # SQLAlchemy dialects Optuna's RDB supports
+
+
+def check_storage_url(url: str) -> None:
+    """A journal file path, or an SQLAlchemy URL of a supported dialect (``sqlite:///FILE``,
+    ``postgresql[+driver]://...``, ``mysql[+driver]://...``); anything else is a ConfigError
+    before a study is created. Only the scheme is echoed: the URL may hold a password."""
+    if "://" not in url:
+        return
+    scheme = url.partition("://")[0]
+    if scheme.partition("+")[0].lower() not in STORAGE_DIALECTS:
+        raise ConfigError(
+            f"--storage: unknown URL scheme {short_repr(scheme)}; give a path (a journal file), "
+            "sqlite:///FILE, postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
+        )
 
 
 def storage_url(url: str | None, study_dir: Path) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from tacotune.config.load import config_to_dict, load_config, save_config
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError
 from tacotune.files import write_json_atomic
-from tacotune.tuning.storage import load_or_create_study, storage_url
+from tacotune.tuning.storage import check_storage_url, load_or_create_study, storage_url
 from tacotune.tuning.worker import WorkerSettings, counted_trials, worker_loop
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ def run_study(
     storage: str | None = None,
     timeout: float | None = None,
 ) -> StudyResult:
-    """Run (or continue) the study until it has `trials` finished trials or `timeout` passes."""
+    """Run (or continue) the study until it has `trials` finished trials or `timeout` passes.
+
+    `trials` None: the config's tuning.trials; `timeout` None: no limit.
+    """
+    check_study_arguments(trials, workers, timeout, storage)
     study_dir, prepared_dir = Path(study_dir).resolve(), Path(prepared_dir).resolve()
     # 1. the study directory remembers its base config, data and storage
     _remember(study_dir, config, prepared_dir, storage)
@@ -101,8 +106,8 @@ def run_study(
     # 2. MLflow: one parent run for the whole study (remembered on the study)
     _mlflow_parent(config, study_dir, study)
     # 3. the workers
-    target = trials or config.tuning.trials
-    deadline = time.time() + timeout if timeout else float("inf")
+    target = config.tuning.trials if trials is None else trials
+    deadline = time.time() + timeout if timeout is not None else float("inf")
     threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
         worker_loop(study, _worker_settings(opened, study_dir, target, deadline, threads))
@@ -110,6 +115,25 @@ def run_study(
         _run_worker_processes(study, study_dir, workers, target, deadline, threads)
     # 4. the summary
     return write_summary(study, study_dir, meta)
+
+
+def check_study_arguments(
+    trials: int | None, workers: int, timeout: float | None, storage: str | None
+) -> None:
+    """Refuse impossible arguments before anything is written (ConfigError)."""
+    if trials is not None and trials < 1:
+        raise ConfigError(
+            f"--trials must be at least 1, found {trials}; leave it out to use tuning.trials"
+        )
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, found {workers}")
+    if timeout is not None and not 0 < timeout < math.inf:
+        raise ConfigError(
+            f"--timeout must be a positive number of seconds, found {timeout}; "
+            "leave it out for no limit"
+        )
+    if storage is not None:
+        check_storage_url(storage)
 
 
 def _remember(study_dir: Path, config: Config, prepared_dir: Path, storage: str | None) -> None:
