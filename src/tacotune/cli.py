@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from tacotune import __version__, progress
 from tacotune.config import Config, dump_config, load_config
 from tacotune.errors import ConfigError, DatasetError, TacotuneError, TextError
-from tacotune.signals import interrupt_on_sigterm
+from tacotune.signals import ignore_further_interrupts, interrupt_on_sigterm
 
 log = logging.getLogger("tacotune")
 
@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:
+        ignore_further_interrupts()  # a second Ctrl-C on the way out must not print a traceback
         log.error("interrupted")
         return 130
 

@@ -60,5 +60,12 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+def ignore_further_interrupts() -> None:
+    """The process is already stopping: later SIGINT/SIGTERM change nothing (main thread)."""
+    if threading.current_thread() is threading.main_thread():
+        for number in HANDLED:
+            signal.signal(number, signal.SIG_IGN)
+
+
 def _raise_interrupt(number: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(number).name)
