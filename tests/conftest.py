@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,16 @@ def for_text(text: str) -> np.ndarray:
 
 
 AudioSpec = np.ndarray | bytes | None  # samples, raw file bytes (corrupt file), or no file
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers() -> Iterator[None]:
+    """`tacotune.cli.main` is a process entry point: it installs a SIGTERM handler and, on the
+    way out of an interrupt, ignores further Ctrl-C. In-process tests must not inherit that."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tacotune.config import Config, load_config
-from tacotune.data.dataset import Collate
+from tacotune.data.dataset import Collate, Item
 from tacotune.losses import guided_attention, tacotron2_loss
 from tacotune.model import Tacotron2, pad_multiple, reduction_factor_at
 from tacotune.text.symbols import SYMBOLS
@@ -23,8 +23,12 @@ def tiny(*overrides: str) -> Config:
 def batch(text_lengths: list[int], mel_lengths: list[int], multiple: int, seed: int = 0):  # type: ignore[no-untyped-def]
     g = torch.Generator().manual_seed(seed)
     items = [
-        (torch.randint(4, len(SYMBOLS), (n,), generator=g), torch.randn(N_MELS, t, generator=g))
-        for n, t in zip(text_lengths, mel_lengths, strict=True)
+        Item(
+            f"u{i}",
+            torch.randint(4, len(SYMBOLS), (n,), generator=g),
+            torch.randn(N_MELS, t, generator=g),
+        )
+        for i, (n, t) in enumerate(zip(text_lengths, mel_lengths, strict=True))
     ]
     return Collate(multiple)(items)
 
