@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -70,6 +71,12 @@ def copy_file_atomic(source: Path, destination: Path) -> None:
         atomic_writer(destination, size_hint=source.stat().st_size) as write,
     ):
         shutil.copyfileobj(read, write, length=2**22)
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes (OSError if it cannot be read)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def disk_full(path: Path, needed_bytes: int) -> DiskFullError:
