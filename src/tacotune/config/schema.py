@@ -290,6 +290,7 @@ class VocoderConfig:
     eval_every: int = 1000  # steps between validations (and checkpoints), on whole utterances
     checkpoint_every: int = 5000  # steps between checkpoints besides those of the validations
     eval_utterances: int = 4  # validation utterances vocoded (and Griffin-Lim'd) per validation
+    grad_norm_ceiling: float = 1e6  # the guard's ceiling here (unclipped HiFi-GAN norms reach 1e4)
 
 
 @dataclass(frozen=True)
@@ -451,6 +452,8 @@ def _vocoder_problems(v: VocoderConfig, audio: AudioConfig) -> list[str]:
         )
     if not all(0 <= b < 1 for b in v.adam_betas):
         problems.append(f"vocoder.adam_betas must be in [0, 1), found {list(v.adam_betas)}")
+    if not v.grad_norm_ceiling > 0:
+        problems.append(f"vocoder.grad_norm_ceiling must be > 0, found {v.grad_norm_ceiling}")
     if not (v.learning_rate > 0 and 0 < v.lr_decay <= 1):
         problems.append("vocoder needs learning_rate > 0 and 0 < lr_decay <= 1")
     if min(v.feature_matching_weight, v.mel_weight, v.weight_decay) < 0:

@@ -9,6 +9,8 @@ rates that decay once per epoch (ExponentialLR, as in the paper), not per step.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -78,6 +80,16 @@ class VocoderData:
     clips: list[Clip]
     position: Position = field(default_factory=Position)
 
+    @functools.cached_property
+    def batches_per_epoch(self) -> int:
+        """This rank's batches in every epoch (the same number each epoch)."""
+        return len(self.sampler.batches())
+
+    @property
+    def finished_epochs(self) -> int:
+        """Epochs whose every batch has been taken from the stream."""
+        return self.position.epoch + int(self.position.batch_in_epoch >= self.batches_per_epoch)
+
     def stream(self) -> Iterator[VocoderItem]:
         """Batches ((B, segment) audio, (B, n_mels, segment / hop) mel) forever, from
         `position`; the windows and the order of every epoch depend only on the seed."""
@@ -140,8 +152,9 @@ class VocoderSession:
         return self.reference
 
     def follow_epochs(self) -> None:
-        """Decay both learning rates once for every epoch the data stream has begun."""
-        while self.sched_g.last_epoch < self.data.position.epoch:
+        """Decay both learning rates once per finished epoch (call after the optimizer steps:
+        the paper decays after an epoch's last step)."""
+        while self.sched_g.last_epoch < self.data.finished_epochs:
             self.sched_g.step()
             self.sched_d.step()
 
@@ -224,7 +237,7 @@ class VocoderSession:
         self.state.load(good["state"])
         self.state.elapsed, self.state.eval_seconds = elapsed, eval_seconds
         self.state.best_score, self.state.best_step, self.state.beat_griffin_lim_at = best
-        epoch = self.data.position.epoch
+        epoch = self.data.finished_epochs
         for optimizer, scheduler in ((self.optim_g, self.sched_g), (self.optim_d, self.sched_d)):
             scheduler.last_epoch = epoch
             for group in optimizer.param_groups:  # the scale applies from the next step on
@@ -374,7 +387,9 @@ def _build(
         sched_g=ExponentialLR(optim_g, gamma=v.lr_decay),
         sched_d=ExponentialLR(optim_d, gamma=v.lr_decay),
         scaler=torch.amp.GradScaler(env.device.type, enabled=env.precision == "fp16"),
-        guard=DivergenceGuard(config.supervision),
+        guard=DivergenceGuard(
+            dataclasses.replace(config.supervision, grad_norm_ceiling=v.grad_norm_ceiling)
+        ),
         run_log=run_log,
         mel=MelSpectrogram(a),
     )

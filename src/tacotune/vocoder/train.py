@@ -4,10 +4,10 @@ exact resume, divergence guard, listeners, stop requests, AMP and DDP.
 
 1-4. environment, data (+ teacher-forced mels), networks/optimizers, run directory
      (session.py)
-5.   the loop: a new epoch decays both learning rates; the generator renders the batch;
-     the discriminators step on real vs generated audio (first, as in the paper); the
-     generator's loss is judged by the guard together with theirs, and it steps;
-     evaluate -> checkpoint
+5.   the loop: the generator renders a batch of segments; the discriminators step on real
+     vs generated audio (first, as in the paper); the generator's loss is judged by the
+     guard together with theirs, and it steps; an epoch's last step decays both learning
+     rates (ExponentialLR); evaluate -> checkpoint
 6.   the end: final event (and last.pt on Ctrl-C / kill, at the next step boundary)
 
 The guard: a non-finite discriminator loss or gradient skips the discriminators' update
@@ -133,9 +133,8 @@ def _run(session: VocoderSession, stop: StopRequests) -> VocoderResult:
                 "vocoder", total=v.max_steps, completed=state.step, mel=math.nan, rate=0.0
             )
             while not stop_reason:
-                # 5.1 the next batch; a new epoch decays both learning rates
+                # 5.1 the next batch of random segments
                 batch = next(batches)
-                session.follow_epochs()
                 real = batch.audio.to(env.device).unsqueeze(1)  # (B, N) -> (B, 1, N)
                 mel = batch.mel.to(env.device)  # (B, n_mels, N / hop)
                 with _autocast(session):
@@ -152,6 +151,7 @@ def _run(session: VocoderSession, stop: StopRequests) -> VocoderResult:
                 if not verdict.bad:
                     session.scaler.step(session.optim_g)
                 session.scaler.update()
+                session.follow_epochs()  # an epoch's last step decays both learning rates
                 state.step += 1
                 if verdict.bad:
                     _report_bad_step(session, verdict.reason, loss, math.hypot(g_norm, d_norm))
