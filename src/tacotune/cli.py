@@ -563,12 +563,9 @@ def _read_text_file(path: Path, flag: str) -> str:
 def _cmd_export(args: argparse.Namespace) -> int:
     from tacotune.export import export_voice
 
-    vocoder = None
-    if args.vocoder:
-        from tacotune.vocoder import load_generator
-
-        vocoder = load_generator(args.vocoder)  # checked against the voice by export_voice
-    path = export_voice(args.voice, args.output, registry_root=args.registry, vocoder=vocoder)
+    path = export_voice(  # a --vocoder path is loaded there, checked against the voice's mels
+        args.voice, args.output, registry_root=args.registry, vocoder=args.vocoder
+    )
     log.info("%s export written to %s (see its README.md)", args.format, path)
     return 0
 
