@@ -295,3 +295,41 @@ def test_fine_tuning_on_teacher_forced_mels_from_a_warm_start(
     save_checkpoint(acoustic, untrained_payload("model.reduction_factor=2"))
     with pytest.raises(CheckpointError, match="changed since this vocoder run started"):
         resume_vocoder(run, prepared, ["vocoder.max_steps=4"])
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_vocoder_command_trains_data_parallel_under_torchrun(
+    prepared: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    short = ["vocoder.max_steps=2", "vocoder.eval_every=2"]
+    overrides = [arg for item in [*TINY_VOCODER, *short] for arg in ("--set", item)]
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"),
+        *("--master_port=29523", "-m", "tacotune", "-q", "vocoder", "train", str(prepared)),
+        *("-o", str(tmp_path / "voc"), "--config", "hifigan_v3.yaml", *overrides),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = _lines(tmp_path / "voc" / "events.jsonl")
+    assert events[0]["event"] == "started" and events[0]["world_size"] == 2
+    assert events[-1]["event"] == "finished" and events[-1]["step"] == 2
+    assert [m["step"] for m in _lines(tmp_path / "voc" / "metrics.jsonl")] == [2]
+
+
+def test_the_vocoder_command_refuses_contradictory_arguments(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+
+    assert main(["vocoder", "train", str(prepared)]) == 1
+    assert "needs -o VOC" in capsys.readouterr().err
+    resume = ["vocoder", "train", str(prepared), "--resume", str(tmp_path), "-o", str(tmp_path)]
+    assert main(resume) == 1
+    assert "--resume continues VOC in place" in capsys.readouterr().err

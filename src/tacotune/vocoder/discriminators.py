@@ -176,3 +176,18 @@ class Discriminator(nn.Module):
         """(B, 1, N) -> 8 logits tensors and 8 feature lists."""
         period, scale = self.mpd(audio), self.msd(audio)
         return DiscriminatorOutput(period.logits + scale.logits, period.features + scale.features)
+
+
+def split_batch(
+    out: DiscriminatorOutput, first: int
+) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+    """A verdict on a batch [real; generated] of two halves -> the verdicts on each: the
+    items before `first` and the rest (one pass over both halves is one pass of work)."""
+    real, generated = (
+        DiscriminatorOutput(
+            [logits[part] for logits in out.logits],
+            [[feature[part] for feature in maps] for maps in out.features],
+        )
+        for part in (slice(0, first), slice(first, None))
+    )
+    return real, generated

@@ -42,7 +42,7 @@ from tacotune.signals import StopRequests
 from tacotune.supervision.guard import TrainingDiverged
 from tacotune.train.ranks import agree, agree_on_interrupt, barrier, mean_over_ranks
 from tacotune.train.setup import process_rank
-from tacotune.vocoder.discriminators import DiscriminatorOutput
+from tacotune.vocoder.discriminators import DiscriminatorOutput, split_batch
 from tacotune.vocoder.evaluate import evaluate_generator, write_samples
 from tacotune.vocoder.losses import (
     DiscriminatorLoss,
@@ -250,17 +250,9 @@ def _judge(
 ) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
     """The discriminators on real and generated audio in one pass: (2B, 1, N) in,
     (real, generated) verdicts out."""
-    half = audio.shape[0] // 2
     with _autocast(session):
         out = session.wrapped_discriminator(audio)
-    real, fake = (
-        DiscriminatorOutput(
-            [logits[part] for logits in out.logits],
-            [[feature[part] for feature in maps] for maps in out.features],
-        )
-        for part in (slice(0, half), slice(half, None))
-    )
-    return real, fake
+    return split_batch(out, audio.shape[0] // 2)
 
 
 def _discriminator_step(
@@ -338,6 +330,7 @@ def _evaluation(session: VocoderSession, elapsed: float) -> None:
             state.step,
             Event.VOCODER_BEATS_GRIFFIN_LIM,
             **{k: metrics[k] for k in ("eval/mcd", "gl/mcd", "eval/mel_l1", "gl/mel_l1")},
+            **{k: metrics.get(k) for k in ("eval/pesq", "gl/pesq")},  # MCD is not all
             minutes=elapsed / 60,
         )
     remaining = session.config.vocoder.max_steps - state.step
