@@ -1,45 +1,55 @@
-"""HiFi-GAN on CPU: inference real-time factor and raw training-step speed per preset.
+"""HiFi-GAN on CPU: inference real-time factor, training speed, and the wall time the
+vocoder needs to beat Griffin-Lim on the demo corpus.
 
     python bench/vocoder.py                                  # v1, v2, v3 at 2 threads
     python bench/vocoder.py --presets v3 --train-steps 3 --batch-size 4
+    python bench/vocoder.py --skip-inference --train-steps 0 --beat-griffin-lim 60 \
+        --set vocoder.discriminator_divisor=8 --set vocoder.segment_size=2048 \
+        --set vocoder.batch_size=4 --threads 1
 
-Inference: `HifiGanVocoder` (weight norm folded, inference mode, batch 1) on mels of 2, 5
-and 10 s; rtf = compute seconds / audio seconds, the median of --repeats calls after one
+Inference: `HifiGanVocoder` (weight norm folded, inference mode, batch 1) on mels of 2 and
+10 s; rtf = compute seconds / audio seconds, the median of --repeats calls after one
 warm-up. The issue's goals at 2 threads: v3 <= 0.05, v2 <= 0.15. Griffin-Lim (the default
 vocoder, `audio.griffin_lim_iters` iterations) is timed the same way for reference.
 
-Training: one step = a discriminator step (MPD + MSD, LSGAN) and a generator step
-(adversarial + feature matching + mel L1), each with AdamW as in the paper, on
+Training: `tacotune.vocoder.throughput.measure_vocoder_rate`, the training loop's step
+(discriminators on real vs generated audio, then the generator, AdamW each) on
 `vocoder.segment_size`-sample segments at `vocoder.batch_size` (the preset's, or
---batch-size); the first step is a warm-up and not timed. The audio is noise: the
-speed of a convolutional network does not depend on what it hears.
+--batch-size); the first step is a warm-up and not timed.
 
-Wall time to beat Griffin-Lim (how long training takes until the vocoder's validation
-mel L1 is below Griffin-Lim's on the same utterances): NOT MEASURED YET. It needs the
-vocoder training loop of the issue's second phase; `wall_time_to_beat_griffin_lim` below
-is the place for it.
+Beating Griffin-Lim (--beat-griffin-lim MINUTES): `tacotune vocoder train` on the prepared
+demo corpus with the preset (and any --set), from scratch, evaluating every
+`vocoder.eval_every` steps. Reported: the step and minutes of training of the first
+evaluation with eval/mcd < gl/mcd (the event vocoder_beats_griffin_lim), and of the first
+that also has eval/pesq > gl/pesq (the run stops there), or that it did not happen within
+MINUTES of wall clock (vocoder.max_minutes), with the last evaluation's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
+import math
 import os
+import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from common import peak_rss_gib, report
+from common import OUT, demo_prepared, peak_rss_gib, report
 
-from tacotune.audio import MelSpectrogram
 from tacotune.config import AudioConfig, load_config
-from tacotune.vocoder import GriffinLim, HifiGanVocoder, vocoder_payload
-from tacotune.vocoder.discriminators import Discriminator
+from tacotune.names import Event
+from tacotune.runlog import RunListener, StopTraining
+from tacotune.vocoder import GriffinLim, HifiGanVocoder, train_vocoder, vocoder_payload
 from tacotune.vocoder.hifigan import build_generator
-from tacotune.vocoder.losses import discriminator_loss, generator_loss
+from tacotune.vocoder.throughput import measure_vocoder_rate
 
 SECONDS = (2.0, 10.0)  # mel lengths timed, in seconds of audio
 RTF_GOALS = {"v3": 0.05, "v2": 0.15}  # the issue's CPU goals at 2 threads
@@ -133,50 +143,88 @@ def inference_rows(
 
 
 def train_step_row(name: str, batch_size: int | None, steps: int) -> dict[str, object]:
-    """Steps/s of generator + discriminator training for one preset."""
+    """Steps/s of generator + discriminator training for one preset (the loop's step)."""
     config = load_config(f"hifigan_{name}")
-    v, audio_config = config.vocoder, config.audio
-    batch = batch_size or v.batch_size
-    torch.manual_seed(0)
-    generator = build_generator(name, audio_config.n_mels, audio_config.hop_length)
-    discriminator = Discriminator()
-    mel = MelSpectrogram(audio_config)
-    adam = {"lr": v.learning_rate, "betas": v.adam_betas, "weight_decay": v.weight_decay}
-    optim_g = torch.optim.AdamW(generator.parameters(), **adam)
-    optim_d = torch.optim.AdamW(discriminator.parameters(), **adam)
-    real = torch.randn(batch, 1, v.segment_size) * 0.1  # (B, 1, N)
-    mel_in = mel(real.squeeze(1))  # (B, n_mels, N / hop)
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        fake = generator(mel_in)
-        d_loss = discriminator_loss(discriminator(real), discriminator(fake.detach()))
-        optim_d.zero_grad(set_to_none=True)
-        d_loss.total.backward()
-        optim_d.step()
-        g_loss = generator_loss(discriminator(real), discriminator(fake), real, fake, mel, v)
-        optim_g.zero_grad(set_to_none=True)
-        g_loss.total.backward()
-        optim_g.step()
-    seconds = time.perf_counter() - started
+    v = config.vocoder
+    rate = measure_vocoder_rate(config, torch.device("cpu"), steps, batch_size)
     return {
         "generator": name,
-        "batch": batch,
+        "batch": batch_size or v.batch_size,
         "segment": v.segment_size,
-        "s_per_step": seconds / steps,
-        "steps_per_s": steps / seconds,
-        "segments_per_s": steps * batch / seconds,
-        "audio_s_per_s": steps * batch * v.segment_size / audio_config.sample_rate / seconds,
+        "s_per_step": 1 / rate.steps_per_second,
+        "steps_per_s": rate.steps_per_second,
+        "segments_per_s": rate.segments_per_second,
+        "audio_s_per_s": rate.audio_seconds_per_second,
         "peak_rss_GiB": peak_rss_gib(),
     }
 
 
-def wall_time_to_beat_griffin_lim() -> None:
-    """Phase 2: train a preset on the demo corpus with the vocoder training loop, evaluate
-    every `vocoder.eval_every` steps, and report the wall time and step at which the
-    validation mel L1 of the vocoder's audio first drops below Griffin-Lim's."""
-    raise NotImplementedError("needs the vocoder training loop (the issue's second phase)")
+class StopWhenBeaten(RunListener):
+    """Notes the first evaluation where the vocoder beats Griffin-Lim on MCD (the event
+    vocoder_beats_griffin_lim), and ends the run at the first where it also beats it on
+    PESQ: MCD alone overrates the vocoder (README, "Neural vocoder")."""
+
+    def __init__(self) -> None:
+        self.on_mcd: dict[str, Any] | None = None
+        self.on_both: dict[str, Any] | None = None
+        self.last: dict[str, Any] = {}
+
+    def on_event(self, record: Mapping[str, Any]) -> None:
+        if record["event"] == Event.VOCODER_BEATS_GRIFFIN_LIM:
+            self.on_mcd = dict(record)
+
+    def on_evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.last = {"step": step, "minutes": metrics["time/train_seconds"] / 60, **metrics}
+        print(
+            f"step {step}: mcd {metrics['eval/mcd']:.2f} dB (Griffin-Lim {metrics['gl/mcd']:.2f}),"
+            f" pesq {metrics['eval/pesq']:.2f} ({metrics['gl/pesq']:.2f}),"
+            f" mel L1 {metrics['eval/mel_l1']:.3f} ({metrics['gl/mel_l1']:.3f}),"
+            f" {self.last['minutes']:.1f} min of training",
+            flush=True,
+        )
+        if self.on_mcd is not None and metrics["eval/pesq"] > metrics["gl/pesq"]:
+            self.on_both = self.last
+            raise StopTraining("the vocoder beat Griffin-Lim on MCD and PESQ")
+
+
+def wall_time_to_beat_griffin_lim(
+    preset: str, overrides: list[str], minutes: float, out: Path
+) -> dict[str, object]:
+    """Train `preset` (with `overrides`) on the demo corpus until it beats Griffin-Lim on
+    MCD and PESQ, or `minutes` of wall clock; the row says when (minutes of training,
+    evaluations excluded), or that it did not, with the last evaluation's numbers."""
+    config = load_config(
+        f"hifigan_{preset}",
+        [
+            "train.precision=fp32",
+            "tracking.tensorboard=false",
+            "vocoder.max_steps=10000000",
+            f"vocoder.max_minutes={minutes}",
+            *overrides,
+        ],
+    )
+    listener = StopWhenBeaten()
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    with contextlib.suppress(StopTraining):  # how the listener ends a run that beat it
+        train_vocoder(config, demo_prepared(), out, listeners=[listener])
+    v, last = config.vocoder, listener.last
+    row: dict[str, object] = {
+        "generator": preset,
+        "setting": " ".join(overrides) or "the preset's",
+        "batch": v.batch_size,
+        "segment": v.segment_size,
+        "cap_minutes": minutes,
+        "wall_minutes": (time.monotonic() - started) / 60,
+        "mcd_beaten_at_step": listener.on_mcd["step"] if listener.on_mcd else "no",
+        "mcd_beaten_at_minutes": listener.on_mcd["minutes"] if listener.on_mcd else "-",
+        "pesq_too_at_step": listener.on_both["step"] if listener.on_both else "no",
+        "pesq_too_at_minutes": listener.on_both["minutes"] if listener.on_both else "-",
+    }
+    names = ("mcd", "pesq", "stoi", "mel_l1")
+    row["last_step"] = last.get("step", "-")
+    row.update({f"{p}/{n}": last.get(f"{p}/{n}", math.nan) for n in names for p in ("eval", "gl")})
+    return row
 
 
 def main() -> None:
@@ -190,6 +238,15 @@ def main() -> None:
         "--onnxruntime", action="store_true", help="also time the generator under onnxruntime"
     )
     parser.add_argument("--skip-inference", action="store_true", help="only the training step")
+    parser.add_argument(
+        "--beat-griffin-lim",
+        type=float,
+        metavar="MINUTES",
+        help="train the first preset on the demo corpus until it beats Griffin-Lim or MINUTES",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="config override for --beat-griffin-lim"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -199,6 +256,10 @@ def main() -> None:
     if args.train_steps:
         rows = [train_step_row(p, args.batch_size, args.train_steps) for p in args.presets]
         report("vocoder_train_step", rows)
+    if args.beat_griffin_lim:
+        out = OUT / "vocoder_vs_griffin_lim"
+        row = wall_time_to_beat_griffin_lim(args.presets[0], args.set, args.beat_griffin_lim, out)
+        report("vocoder_vs_griffin_lim", [row])
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

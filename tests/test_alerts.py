@@ -49,6 +49,7 @@ ALERTED = [
     "diverged",
     "finished",
     "interrupted",
+    "vocoder_beats_griffin_lim",
 ]
 
 
@@ -573,6 +574,21 @@ def test_format_alert_texts(run_dir: Path) -> None:
     assert alert is not None and alert.text.splitlines()[1:] == [
         "bad steps: 2",
         "best score: none (no evaluation yet)",
+    ]
+    beaten = {
+        "event": "vocoder_beats_griffin_lim",
+        "step": 4000,
+        "eval/mcd": 6.1234,
+        "gl/mcd": 6.5,
+        "eval/mel_l1": 0.3,
+        "minutes": 95.0,
+    }
+    alert = format_alert(beaten, run_dir, send_samples=True)
+    assert alert is not None and alert.text.splitlines() == [
+        "tacotune run demo: the neural vocoder beats Griffin-Lim at step 4000",
+        "vocoder MCD, dB (lower is better): 6.123",
+        "Griffin-Lim MCD, dB: 6.5",
+        "training time: 1 h 35 min",
     ]
     diverged = {"event": "diverged", "step": 5, "reason": "loss exploded", "rollbacks": 3}
     alert = format_alert(diverged, run_dir, send_samples=True)

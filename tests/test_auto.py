@@ -63,8 +63,9 @@ def test_auto_goes_from_data_to_a_registered_voice_with_a_report(
     # no --config: auto picks the preset for the machine (the tiny overrides keep it fast)
     stages = auto.run_auto(None, data_dir, out, budget_minutes=10, overrides=AUTO)
     assert list(stages) == [
-        *("prepare", "plan", "tune", "train", "register", "speak", "report", "alert")
+        *("prepare", "plan", "tune", "train", "vocoder", "register", "speak", "report", "alert")
     ]
+    assert not stages["vocoder"]["trained"] and stages["plan"]["vocoder_minutes"] == 0
     assert stages["plan"]["trials"] == 2 and stages["plan"]["preset"] == "demo"
     assert stages["prepare"]["kept"] == 12
     # (the plan's window fits two trials at the faked rate; the real trials here are slower,
@@ -80,6 +81,8 @@ def test_auto_goes_from_data_to_a_registered_voice_with_a_report(
         "50.00 training steps per second",
         "## Search",
         "## Final model",
+        "## Vocoder",
+        "Griffin-Lim: no neural vocoder was trained (vocoder: Griffin-Lim. HiFi-GAN would",
         "## Budget",
         "optimization_history.png",
         "training_curves.png",
@@ -166,13 +169,13 @@ def test_auto_continues_where_it_was_interrupted(
     with pytest.raises(KeyboardInterrupt):
         auto.run_auto(auto_config(), data_dir, out, budget_minutes=10)
     done = json.loads((out / "auto.json").read_text())["stages"]
-    assert list(done) == ["prepare", "plan", "tune", "train", "register"]
+    assert list(done) == ["prepare", "plan", "tune", "train", "vocoder", "register"]
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(auto, "_speak", real_speak)
-    for stage in ("_prepare", "_plan", "_tune", "_train", "_register"):
+    for stage in ("_prepare", "_plan", "_tune", "_train", "_vocoder", "_register"):
         monkeypatch.setattr(auto, stage, must_not_run)
     stages = auto.run_auto(auto_config(), data_dir, out, budget_minutes=10)
     assert stages["speak"]["samples"] and (out / "report.md").exists()
@@ -189,3 +192,82 @@ def test_an_unusable_dataset_stops_auto_with_its_report(
         auto.run_auto(auto_config(), data, tmp_path / "out", budget_minutes=10)
     assert (tmp_path / "out" / "prepared" / "report.md").exists()
     assert not (tmp_path / "out" / "study").exists()
+
+
+def test_the_vocoder_plan_needs_a_gpu_and_time_for_enough_steps() -> None:
+    from tacotune.auto.plan import MIN_VOCODER_STEPS, Hardware, plan_vocoder
+
+    laptop = Hardware(cpu_cores=2, native_bf16=False, gpu="", gpu_memory_gib=0.0)
+    minutes, why = plan_vocoder(laptop, minutes=600.0, rate=0.0)
+    assert minutes == 0 and why.startswith("vocoder: Griffin-Lim") and "2 CPU cores" in why
+    gpu = Hardware(cpu_cores=16, native_bf16=False, gpu="H100", gpu_memory_gib=79.0)
+    minutes, why = plan_vocoder(gpu, minutes=120.0, rate=5.0)  # 30 min x 5 steps/s
+    assert minutes == 30.0 and "HiFi-GAN" in why and "only if it beats Griffin-Lim" in why
+    too_short, why = plan_vocoder(gpu, minutes=20.0, rate=50.0)  # 5 min: under the minimum
+    assert too_short == 0 and ">= 10 min" in why
+    too_slow, why = plan_vocoder(gpu, minutes=120.0, rate=MIN_VOCODER_STEPS / 3600)
+    assert too_slow == 0 and "steps/s" in why
+
+
+@pytest.mark.parametrize(
+    ("values", "used", "because"),
+    [
+        ({"eval/mcd": 5.0, "gl/mcd": 6.0, "eval/pesq": 3.0, "gl/pesq": 2.5}, True,
+         "the neural vocoder speaks: MCD 5.00 dB < Griffin-Lim's 6.00, PESQ 3.00 > 2.50"),
+        ({"eval/mcd": 5.0, "gl/mcd": 6.0}, True, "MCD 5.00 dB < Griffin-Lim's 6.00"),
+        ({"eval/mcd": 44.6, "gl/mcd": 50.3, "eval/pesq": 1.06, "gl/pesq": 2.62}, False,
+         "its PESQ 1.06 is not above Griffin-Lim's 2.62"),
+        ({"eval/mcd": 7.0, "gl/mcd": 6.0, "eval/pesq": 3.0, "gl/pesq": 2.5}, False,
+         "its MCD 7.00 dB is not below Griffin-Lim's 6.00"),
+        ({}, False, "never evaluated"),
+    ],
+)  # fmt: skip
+def test_the_vocoder_speaks_only_if_it_beats_griffin_lim(
+    tmp_path: Path, values: dict[str, float], used: bool, because: str
+) -> None:
+    from tacotune.auto.vocoder import vocoder_verdict
+
+    write_metrics(tmp_path / "run", **values)
+    verdict = vocoder_verdict(tmp_path / "run", 100)
+    assert verdict["used"] is used and because in verdict["reason"]
+    assert vocoder_verdict(tmp_path / "run", 200)["used"] is False  # not the best step
+
+
+@pytest.mark.slow
+def test_auto_trains_a_vocoder_when_the_plan_has_time_and_uses_it_if_it_wins(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tacotune.auto import plan
+    from tacotune.auto import vocoder as auto_vocoder
+    from test_vocoder_train import tiny_vocoder
+
+    gpu = plan.Hardware(cpu_cores=2, native_bf16=False, gpu="test GPU", gpu_memory_gib=8.0)
+    monkeypatch.setattr(plan, "detect_hardware", lambda: gpu)
+    monkeypatch.setattr(plan, "VOCODER_SHARE", 0.02)  # ~10 s of a 10-minute budget
+    monkeypatch.setattr(plan, "MIN_VOCODER_MINUTES", 0.05)
+    monkeypatch.setattr(auto_vocoder, "measure_vocoder_rate", lambda config: 1000.0)
+    tiny = tiny_vocoder("vocoder.eval_every=1000000")  # one evaluation, at the end
+    monkeypatch.setattr(auto_vocoder, "vocoder_config", lambda c: c.replace(vocoder=tiny.vocoder))
+    monkeypatch.setattr(auto, "quality_gate", passing_gate)
+    real_verdict = auto_vocoder.vocoder_verdict
+
+    def winning(run_dir: Path, best_step: int) -> dict[str, Any]:
+        judged = real_verdict(run_dir, best_step)  # a few tiny steps do not beat Griffin-Lim
+        assert not judged["used"] and judged["mcd"] is not None
+        return {**judged, "used": True, "reason": "the neural vocoder speaks: (test)"}
+
+    monkeypatch.setattr(auto_vocoder, "vocoder_verdict", winning)
+    out = tmp_path / "out"
+    config = load_config(None, [*AUTO, "tuning.trials=1"])
+    stages = auto.run_auto(config, data_dir, out, budget_minutes=10)
+    planned = stages["plan"]
+    assert 0 < planned["vocoder_minutes"] < 1 and planned["vocoder_steps_per_second"] == 1000
+    assert stages["vocoder"]["trained"] and stages["vocoder"]["used"]
+    started = json.loads((out / "vocoder" / "events.jsonl").read_text().splitlines()[0])
+    assert started["mels"]["checkpoint"] == str(out / "final" / "checkpoints" / "model.pt")
+    version = Registry(out / "registry").get("voice")
+    assert version.vocoder() is not None  # registered with the voice
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "**HiFi-GAN (`vocoder/`)** speaks" in report and "| Griffin-Lim |" in report
+    state = json.loads((out / "auto.json").read_text())
+    assert state["spent_seconds"] < state["budget_seconds"]

@@ -229,6 +229,16 @@ def test_render_shows_header_present_metrics_best_and_events(tmp_path: Path) -> 
     assert "device=cpu" in text
 
 
+def test_a_vocoder_run_shows_its_steps_and_griffin_lim_beside_it(tmp_path: Path) -> None:
+    started = {**STARTED, "discriminator_parameters": 70_000_000}  # `tacotune vocoder train`
+    evaluation = {"step": 200, "wall_time": T0 + 80.0, "score": 0.9, "eval/mcd": 7.5}
+    run = make_run(tmp_path, [started], [{**evaluation, "gl/mcd": 6.5, "eval/pesq": 1.5}])
+    snap = snapshot(run)
+    assert snap.max_steps == load_config("demo.yaml").vocoder.max_steps  # not train.max_steps
+    text = text_of(render_run(snap))
+    assert "eval/mcd" in text and "gl/mcd" in text and "eval/pesq" in text
+
+
 def test_monitor_once(tmp_path: Path) -> None:
     console = Console(record=True, width=120)
     assert monitor(make_run(tmp_path), once=True, console=console) == 0

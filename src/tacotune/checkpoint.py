@@ -118,11 +118,14 @@ INFERENCE_KEYS = (
 )  # what synthesis and the registry need
 
 
-def write_inference_checkpoint(source: Path, destination: Path) -> None:
-    """A copy of `source` without optimizer, scheduler, RNG and data position: about a
-    third of the size, enough to synthesize, register and warm-start from."""
+def write_inference_checkpoint(
+    source: Path, destination: Path, keys: tuple[str, ...] = INFERENCE_KEYS
+) -> None:
+    """A copy of `source` with only `keys` (by default what synthesis needs: no optimizer,
+    scheduler, RNG or data position): about a third of the size, enough to synthesize,
+    register and warm-start from."""
     payload = load_checkpoint(source)
-    save_checkpoint(destination, {key: payload[key] for key in INFERENCE_KEYS})
+    save_checkpoint(destination, {key: payload[key] for key in keys})
 
 
 def checkpoint_config(payload: dict[str, Any], path: str | Path | None = None) -> Config:

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(tr)
     _mlflow_argument(tr)
 
+    _add_vocoder_command(commands)
+
     syn = _command(commands, "synthesize", _cmd_synthesize, "speak text with a checkpoint")
     syn.add_argument("checkpoint", help="a .pt file or a run directory (uses its best.pt)")
     syn.add_argument("text", nargs="?", help="Russian text (or use --file)")
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where the model runs (auto: cuda when available)",
     )
+    syn.add_argument(
+        "--vocoder",
+        metavar="VOC",
+        help="a neural vocoder: a run directory of `tacotune vocoder train` or its checkpoint "
+        "(default: Griffin-Lim)",
+    )
 
     _add_search_commands(commands)
 
@@ -108,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", required=True, help="directory to create (or empty)")
     exp.add_argument(
         "--registry", help="registry directory (default: $TACOTUNE_REGISTRY or ./registry)"
+    )
+    exp.add_argument(
+        "--vocoder",
+        metavar="VOC",
+        help="also export this neural vocoder (a vocoder run or checkpoint) as vocoder.onnx "
+        "(a registry version exports its own vocoder without this)",
     )
 
     mon = _command(commands, "monitor", _cmd_monitor, "watch a run or a study from its files")
@@ -169,7 +183,47 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     reg.add_argument("--stage", help="promote: candidate, production or archived")
     reg.add_argument("--name", help="add: the voice's name")
+    reg.add_argument(
+        "--vocoder",
+        metavar="VOC",
+        help="add: a neural vocoder (a run of `tacotune vocoder train` or its checkpoint) "
+        "stored with the voice as vocoder.pt",
+    )
     reg.add_argument("-o", "--output", default="exported", help="export: target directory")
+
+
+def _add_vocoder_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """vocoder train."""
+    vocoder = commands.add_parser(
+        "vocoder",
+        help="train a neural (HiFi-GAN) vocoder",
+        description="train a neural (HiFi-GAN) vocoder",
+    )
+    actions = vocoder.add_subparsers(dest="vocoder_command", required=True, metavar="ACTION")
+    voc = _command(
+        actions, "train", _cmd_vocoder_train, "train or fine-tune HiFi-GAN on a prepared dataset"
+    )
+    voc.add_argument("prepared_dir", help="directory written by `tacotune prepare`")
+    voc.add_argument("-o", "--output", help="vocoder run directory (checkpoints, metrics, samples)")
+    voc.add_argument(
+        "--resume",
+        metavar="VOC",
+        help="continue the vocoder run VOC exactly from its last checkpoint, with its own config",
+    )
+    voc.add_argument(
+        "--from-acoustic",
+        metavar="RUN_OR_CKPT",
+        help="train on this acoustic model's teacher-forced mels instead of the recordings' "
+        "(fine-tuning; cached in the run directory)",
+    )
+    voc.add_argument(
+        "--warm-start",
+        metavar="VOC_CKPT",
+        help="start from another vocoder (run directory or checkpoint); layers whose shape "
+        "differs are skipped",
+    )
+    _config_arguments(voc)
+    _mlflow_argument(voc)
 
 
 def _add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -385,6 +439,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_vocoder_train(args: argparse.Namespace) -> int:
+    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.tracking import run_listeners
+    from tacotune.vocoder import resume_vocoder, train_vocoder
+
+    if args.resume:
+        given = (args.config, args.hparams, args.warm_start, args.from_acoustic, args.mlflow_uri)
+        if any(given) or args.output:
+            raise ConfigError(
+                "--resume continues VOC in place with the run's own config and mels: -o, "
+                "--config, --hparams, --warm-start, --from-acoustic and --mlflow-uri cannot be "
+                "given; only --set of vocoder.max_steps-like keys"
+            )
+        run_dir = Path(args.resume)
+        config = checkpoint_config(load_checkpoint(run_dir))
+        listeners = run_listeners(config, run_dir)
+        result = resume_vocoder(run_dir, args.prepared_dir, args.set, listeners=listeners)
+    else:
+        if not args.output:
+            raise ConfigError("vocoder train needs -o VOC (or --resume VOC)")
+        config, run_dir = _load(args), Path(args.output)
+        result = train_vocoder(
+            config,
+            args.prepared_dir,
+            run_dir,
+            from_acoustic=args.from_acoustic,
+            warm_start=args.warm_start,
+            listeners=run_listeners(config, run_dir),
+        )
+    beat = (
+        f"it beat Griffin-Lim (eval/mcd < gl/mcd) at step {result.beat_griffin_lim_at}"
+        if result.beat_griffin_lim_at
+        else "it has not beaten Griffin-Lim yet (see gl/* in metrics.jsonl)"
+    )
+    log.info(
+        "finished at step %d (%s); best validation mel L1 %.4f at step %d; %s; run in %s",
+        result.step,
+        result.stop_reason,
+        result.best_score,
+        result.best_step,
+        beat,
+        result.run_dir,
+    )
+    return 0
+
+
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     from tacotune.files import check_output_directory, check_output_file
     from tacotune.synthesize import Synthesizer, check_seed, synthesize_to_files
@@ -409,6 +509,10 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
             raise TextError(f"--file {args.file} holds no text: write one text per line")
         summary = out_dir / "synthesis.json"
     synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
+    if args.vocoder:
+        from tacotune.vocoder import load_vocoder
+
+        synthesizer.vocoder = load_vocoder(args.vocoder, synthesizer.config.audio, args.device)
     synthesize_to_files(synthesizer, jobs, plot=args.plot, summary_path=summary)
     return 0
 
@@ -428,7 +532,9 @@ def _read_text_file(path: Path, flag: str) -> str:
 def _cmd_export(args: argparse.Namespace) -> int:
     from tacotune.export import export_voice
 
-    path = export_voice(args.voice, args.output, registry_root=args.registry)
+    path = export_voice(  # a --vocoder path is loaded there, checked against the voice's mels
+        args.voice, args.output, registry_root=args.registry, vocoder=args.vocoder
+    )
     log.info("%s export written to %s (see its README.md)", args.format, path)
     return 0
 
@@ -519,7 +625,9 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     if args.action == "add":
         source = Path(args.ref)
         checkpoint = source / "checkpoints" / "model.pt" if source.is_dir() else source
-        version = registry.register(args.name or source.name, checkpoint, source=str(source))
+        version = registry.register(
+            args.name or source.name, checkpoint, source=str(source), vocoder=args.vocoder
+        )
     elif args.action == "promote":
         if not args.stage:
             raise ConfigError("registry promote needs --stage candidate|production|archived")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -118,6 +119,12 @@ def _check_creatable(directory: Path, flag: str, target: Path) -> None:
         raise OutputError(
             f"{flag} {target}: cannot write in {existing} ({error.strerror or error})"
         ) from error
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes (OSError if it cannot be read)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def disk_full(path: Path, needed_bytes: int) -> DiskFullError:

@@ -21,6 +21,7 @@ class Event(StrEnum):
     BEST = "best"  # the score improved: best.pt was written
     ALIGNED = "aligned"  # free-running attention counts as aligned for the first time
     VOICE_READY = "voice_ready"  # the voice metric reached supervision.voice_ready_ratio
+    VOCODER_BEATS_GRIFFIN_LIM = "vocoder_beats_griffin_lim"  # first eval/mcd < gl/mcd
     STEP_SKIPPED = "step_skipped"  # the divergence guard skipped a bad step
     ROLLBACK = "rollback"  # back to checkpoints/good.pt with a lower learning rate
     EARLY_STOP = "early_stop"  # patience or the alignment deadline ended the run
@@ -72,6 +73,7 @@ class AutoStage(StrEnum):
     PLAN = "plan"
     TUNE = "tune"
     TRAIN = "train"
+    VOCODER = "vocoder"  # a neural vocoder fine-tuned on the final model's mels, if planned
     REGISTER = "register"
     SPEAK = "speak"
     REPORT = "report"

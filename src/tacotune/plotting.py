@@ -1,7 +1,8 @@
-"""Figures a person checks: attention alignment, mel spectrogram, stop-token curve."""
+"""Figures a person checks: attention alignment, mel spectrograms, stop-token curve."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -39,6 +40,22 @@ def mel_figure(mel: Tensor, title: str = "") -> Figure:
     ax.imshow(data, aspect="auto", origin="lower", interpolation="none")
     ax.set_ylabel("predicted mel")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def mels_figure(panels: Mapping[str, Tensor], title: str = "") -> Figure:
+    """(n_mels, T) log-mels stacked under each other with a shared color scale, each
+    labelled with its key (e.g. the recording, a vocoder's output and Griffin-Lim's)."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.8 * len(panels) + 0.4), squeeze=False)
+    data = {name: mel.detach().float().cpu().numpy() for name, mel in panels.items()}
+    low = min(float(d.min()) for d in data.values())
+    high = max(float(d.max()) for d in data.values())
+    for ax, (name, values) in zip(axes[:, 0], data.items(), strict=True):
+        ax.imshow(values, aspect="auto", origin="lower", interpolation="none", vmin=low, vmax=high)
+        ax.set_ylabel(name, fontsize=8)
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
     return fig
 

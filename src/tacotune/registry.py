@@ -5,6 +5,8 @@ Layout of a registry root (``./registry``, ``$TACOTUNE_REGISTRY`` or an explicit
     ROOT/.lock                 flock target: version allocation and stage changes
     ROOT/NAME/.counter         the last version number handed out (numbers never repeat)
     ROOT/NAME/vN/model.pt      a copy of the registered checkpoint
+    ROOT/NAME/vN/vocoder.pt    a copy of its neural vocoder, if registered with one (its
+                               sha256 is in meta.json and checked before every use)
     ROOT/NAME/vN/config.yaml   the resolved config stored in the checkpoint
     ROOT/NAME/vN/metrics.json  the metrics given at registration
     ROOT/NAME/vN/meta.json     every `ModelVersion` field except the directory
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -41,10 +42,11 @@ from rich.text import Text
 from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import save_config
 from tacotune.errors import CheckpointError, TacotuneError
-from tacotune.files import copy_file_atomic, write_json_atomic, write_text_atomic
+from tacotune.files import copy_file_atomic, file_sha256, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
+VOCODER_FILE = "vocoder.pt"
 STAGES = ("candidate", "production", "archived", "rejected")  # rejected: not a usable voice
 ENV_VAR = "TACOTUNE_REGISTRY"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -70,11 +72,33 @@ class ModelVersion:
     code_version: str  # the checkpoint's "code_version"
     source: str  # where it came from (a run directory), free text
     sha256: str = ""  # of model.pt at registration ("" for versions registered before hashes)
+    vocoder_sha256: str = ""  # of vocoder.pt at registration; "" without a neural vocoder
 
     @property
     def checkpoint(self) -> Path:
         """The registered checkpoint, ``directory / "model.pt"``."""
         return self.directory / "model.pt"
+
+    def vocoder(self) -> Path | None:
+        """The registered vocoder checkpoint (checked against its sha256), or None for a
+        version that speaks with Griffin-Lim. RegistryError if the file was changed."""
+        if not self.vocoder_sha256:
+            return None
+        path = self.directory / VOCODER_FILE
+        try:
+            found = file_sha256(path)
+        except OSError as error:
+            raise RegistryError(
+                f"{path} of {self.ref} cannot be read ({error.strerror or error}); restore it "
+                "or register the voice again"
+            ) from error
+        if found != self.vocoder_sha256:
+            raise RegistryError(
+                f"{path} of {self.ref} was changed after registration: its sha256 is {found}, "
+                f"meta.json records {self.vocoder_sha256}; restore the file or register the "
+                "voice again"
+            )
+        return path
 
     @property
     def ref(self) -> str:
@@ -98,7 +122,7 @@ class ModelVersion:
                 self.ref,
             )
             return
-        found = file_sha256(self.checkpoint)
+        found = _checked_sha256(self.checkpoint)
         if found != self.sha256:
             raise RegistryError(
                 f"{self.checkpoint} of {self.ref} was changed after registration: its sha256 "
@@ -125,10 +149,13 @@ class Registry:
         score: float | None = None,
         source: str = "",
         stage: str = "candidate",
+        vocoder: str | Path | None = None,
     ) -> ModelVersion:
         """Register `checkpoint` as the next version of `name`.
 
         `score` None takes the run's best score stored in the checkpoint (if finite).
+        `vocoder`: a neural vocoder (a vocoder run directory or checkpoint) stored with it
+        as vocoder.pt; its mels must be the acoustic model's.
         """
         _check_name(name)
         _check_stage(stage)
@@ -139,9 +166,12 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-register-", dir=self.root))
         try:
             _place_checkpoint(Path(checkpoint), staging / "model.pt")
-            digest = file_sha256(staging / "model.pt")  # of the version's own bytes
+            digest = _checked_sha256(staging / "model.pt")  # of the version's own bytes
             payload = _load_payload(staging / "model.pt", Path(checkpoint))
             _write_config(payload, staging / "config.yaml", Path(checkpoint))
+            vocoder_sha256 = ""
+            if vocoder is not None:
+                vocoder_sha256 = _place_vocoder(Path(vocoder), staging / VOCODER_FILE, payload)
             write_json_atomic(staging / "metrics.json", clean_metrics)
             with self._locked():
                 number = self._allocate(name)
@@ -157,6 +187,7 @@ class Registry:
                     code_version=str(payload["code_version"]),
                     source=source,
                     sha256=digest,
+                    vocoder_sha256=vocoder_sha256,
                 )
                 write_json_atomic(staging / "meta.json", version.meta())
                 if stage == "production":
@@ -244,7 +275,8 @@ class Registry:
         return updated
 
     def export(self, ref: str, out_dir: str | Path) -> Path:
-        """Write ``out_dir/<name>-v<version>/`` (model.pt, config.yaml, meta.json, README.md)."""
+        """Write ``out_dir/<name>-v<version>/`` (model.pt, vocoder.pt if registered with one,
+        config.yaml, meta.json, README.md)."""
         version = self.get(ref)
         out = Path(out_dir)
         target = out / f"{version.name}-v{version.version}"
@@ -254,6 +286,9 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
         try:
             copy_file_atomic(version.checkpoint, staging / "model.pt")
+            vocoder = version.vocoder()  # checked: a damaged vocoder is never exported
+            if vocoder is not None:
+                copy_file_atomic(vocoder, staging / VOCODER_FILE)
             shutil.copy2(version.directory / "config.yaml", staging / "config.yaml")
             write_json_atomic(staging / "meta.json", version.meta())
             readme = export_readme(version, target.resolve())
@@ -323,6 +358,8 @@ def versions_table(versions: Sequence[ModelVersion]) -> Table:
 def export_readme(version: ModelVersion, directory: Path) -> str:
     """README.md of an exported version (`directory` is where it will live)."""
     command = f'tacotune synthesize {shlex.quote(str(directory / "model.pt"))} "текст" -o out.wav'
+    if version.vocoder_sha256:
+        command += f" --vocoder {shlex.quote(str(directory / VOCODER_FILE))}"
     score = "unknown" if version.score is None else f"{version.score:.4f} (lower is better)"
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(version.metrics.items()))
     lines = [
@@ -343,16 +380,20 @@ def export_readme(version: ModelVersion, directory: Path) -> str:
         "`model.pt` holds the weights, the text frontend and the resolved config",
         "(`config.yaml` is the same config, for reading); `meta.json` holds this information.",
     ]
+    if version.vocoder_sha256:
+        lines += [
+            "`vocoder.pt` is the voice's neural (HiFi-GAN) vocoder, trained on its mels;",
+            "without `--vocoder` synthesis uses Griffin-Lim.",
+        ]
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|", metrics]
     return "\n".join(lines) + "\n"
 
 
-def file_sha256(path: Path) -> str:
+def _checked_sha256(path: Path) -> str:
     """The hex sha256 of a file (RegistryError if it cannot be read)."""
     try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError as error:
         raise RegistryError(
             f"{path} cannot be read ({error.strerror or error}); restore it or remove its version"
@@ -367,6 +408,22 @@ def _place_checkpoint(source: Path, destination: Path) -> None:
             f"checkpoint {source} {what}; give a checkpoint file such as RUN/checkpoints/best.pt"
         )
     copy_file_atomic(source, destination)
+
+
+def _place_vocoder(source: Path, destination: Path, acoustic: dict[str, Any]) -> str:
+    """Copy a vocoder checkpoint (or a vocoder run's) into the version, check that it is
+    one and that it fits the acoustic model's mels; returns the copy's sha256."""
+    from tacotune.vocoder import HifiGanVocoder, vocoder_checkpoint
+
+    try:
+        file = vocoder_checkpoint(source)
+        _place_checkpoint(file, destination)
+        audio = checkpoint_config(acoustic).audio
+        HifiGanVocoder.from_payload(load_checkpoint(destination), audio, source=f"vocoder {file}")
+    except CheckpointError as error:
+        reason = str(error).replace(str(destination), str(source))
+        raise RegistryError(f"vocoder {source} cannot be registered: {reason}") from error
+    return file_sha256(destination)
 
 
 def _load_payload(path: Path, shown: Path) -> dict[str, Any]:

@@ -64,6 +64,12 @@ def _duration(value: Any) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
+def _times(value: Any, factor: float) -> Any:
+    """A real number times `factor`; anything else as it is (shown as text)."""
+    number = real_number(value)
+    return value if number is None else number * factor
+
+
 _HEADLINES = {  # alerted events and the start of their first line
     Event.STARTED: "started",
     Event.RESUMED: "resumed",
@@ -71,6 +77,7 @@ _HEADLINES = {  # alerted events and the start of their first line
     Event.BEST: "new best score",
     Event.ALIGNED: "attention aligned",
     Event.VOICE_READY: "the voice says the words",
+    Event.VOCODER_BEATS_GRIFFIN_LIM: "the neural vocoder beats Griffin-Lim",
     Event.ROLLBACK: "rollback",
     Event.EARLY_STOP: "early stop",
     Event.DIVERGED: "training diverged",
@@ -93,6 +100,11 @@ _FACTS: dict[str, tuple[str, Callable[[Any], str]]] = {  # detail: label, format
     "free/aligned_rate": ("free-running samples aligned", _percent),
     "aligned_rate": ("free-running samples aligned", _percent),
     "val/mel_postnet": ("validation mel loss (postnet)", _num),
+    "eval/mcd": ("vocoder MCD, dB (lower is better)", _num),
+    "gl/mcd": ("Griffin-Lim MCD, dB", _num),
+    "eval/pesq": ("vocoder PESQ (up to 4.5)", _num),
+    "gl/pesq": ("Griffin-Lim PESQ", _num),
+    "minutes": ("training time", lambda value: _duration(_times(value, 60))),
     "steps_per_second": ("steps per second", _num),
     "eta_seconds": ("time left (estimate)", _duration),
     "bad_steps": ("bad steps", _num),

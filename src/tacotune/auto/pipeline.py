@@ -5,13 +5,19 @@
                  budget splits between the search and the final model (auto/plan.py)
     3. tune      OUT/study, when the plan has room for trials that can learn something
     4. train     OUT/final: the best settings, warm-started from the best trial's weights,
-                 for the rest of the budget (minus a reserve for the stages after it)
+                 for the rest of the budget (minus a reserve for the stages after it, and
+                 the vocoder's time if the plan has one)
+    4b. vocoder  OUT/vocoder, only if the plan gave it time: HiFi-GAN on the final model's
+                 teacher-forced mels; used from here on only if it beats Griffin-Lim on the
+                 validation utterances (MCD, and PESQ where installed)
     5. register  OUT/registry: stage candidate if the voice passes the quality gate (its
                  voice metric clearly below chance, its attention reaching the end of the
-                 texts), else stage rejected; the MLflow model registry only for a voice
+                 texts), else stage rejected; the MLflow model registry only for a voice;
+                 with the vocoder (vocoder.pt) if it is used
     6. speak     OUT/samples: the probe sentences, wav + alignment PNG each
     7. report    OUT/report.md with plots: the plan and why, the search, the voice metric
-                 against steps and minutes, the gate's verdict, the budget
+                 against steps and minutes, the gate's verdict, which vocoder speaks and
+                 why, the budget
     8. alert     the final notification (voice ready, or why there is none)
 
 OUT/auto.json records finished stages and the time spent; running the same command
@@ -161,6 +167,7 @@ def run_auto(
         (AutoStage.PLAN, lambda f: _plan(job, f)),
         (AutoStage.TUNE, lambda f: _tune(job, workers, f)),
         (AutoStage.TRAIN, lambda f: _train(job, f)),
+        (AutoStage.VOCODER, lambda f: _vocoder(job, f)),
         (AutoStage.REGISTER, lambda f: _register(job, f)),
         (AutoStage.SPEAK, lambda f: _speak(job, f)),
         (AutoStage.REPORT, lambda f: _report(job, f)),
@@ -221,7 +228,8 @@ def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
 
 
 def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
-    from tacotune.auto.plan import choose_preset, detect_hardware, make_plan
+    from tacotune.auto.plan import choose_preset, detect_hardware, make_plan, plan_vocoder
+    from tacotune.auto.vocoder import measure_vocoder_rate
     from tacotune.train.throughput import measure_step_rate
 
     hardware = detect_hardware()
@@ -237,7 +245,13 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
     rate = measure_step_rate(config, job.out / "prepared").steps_per_second
     reasons.append(f"measured here: {rate:.2f} training steps per second")
     minutes = (job.state.left - RESERVE_SECONDS) / 60
-    plan = make_plan(config, preset, rate, minutes, reasons)
+    vocoder_rate = measure_vocoder_rate(config) if hardware.gpu else 0.0
+    vocoder_minutes, why = plan_vocoder(hardware, minutes, vocoder_rate)
+    reasons.append(why)
+    plan = make_plan(config, preset, rate, minutes - vocoder_minutes, reasons)
+    plan = dataclasses.replace(
+        plan, vocoder_minutes=vocoder_minutes, vocoder_steps_per_second=vocoder_rate
+    )
     for reason in plan.reasons:
         log.info("auto plan: %s", reason)
     facts.update(dataclasses.asdict(plan), hardware=dataclasses.asdict(hardware))
@@ -272,7 +286,8 @@ def _train(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.train import resume, train
 
     tuned, state = job.state.done(AutoStage.TUNE), job.state
-    minutes = max(MIN_FINAL_MINUTES, (state.left - RESERVE_SECONDS) / 60)
+    vocoder_seconds = Plan.from_facts(state.done(AutoStage.PLAN)).vocoder_minutes * 60
+    minutes = max(MIN_FINAL_MINUTES, (state.left - RESERVE_SECONDS - vocoder_seconds) / 60)
     final = job.out / "final"
     budget: dict[str, Any] = {"train.max_minutes": minutes, "tracking.mlflow": True}
     if not job.explicit:  # the time is the limit, not the preset's step count
@@ -297,6 +312,12 @@ def _train(job: AutoJob, facts: dict[str, Any]) -> None:
         best_step=result.best_step,
         mlflow_run_id=mlflow.run_id,
     )
+
+
+def _vocoder(job: AutoJob, facts: dict[str, Any]) -> None:
+    from tacotune.auto.vocoder import train_stage
+
+    train_stage(job, facts, RESERVE_SECONDS)
 
 
 def _best_trial_weights(out: Path, trial: int | None) -> Path | None:
@@ -359,6 +380,7 @@ def _register(job: AutoJob, facts: dict[str, Any]) -> None:
         },
         source=str(job.out / "final"),
         stage=stage,
+        vocoder=job.state.done(AutoStage.VOCODER).get("checkpoint"),  # only if it speaks
     )
     mlflow_version = (
         register_model(job.mlflow_uri, job.name, final["mlflow_run_id"], "model/model.pt")
@@ -374,6 +396,11 @@ def _speak(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.synthesize import Synthesizer
 
     synthesizer = Synthesizer(job.out / "final" / "checkpoints" / "model.pt")
+    vocoder = job.state.done(AutoStage.VOCODER).get("checkpoint")
+    if vocoder is not None:  # it beat Griffin-Lim (auto/vocoder.py)
+        from tacotune.vocoder import load_vocoder
+
+        synthesizer.vocoder = load_vocoder(vocoder, synthesizer.config.audio)
     samples = []
     (job.out / "samples").mkdir(exist_ok=True)
     texts = list(job.config().train.probe_sentences)
@@ -407,6 +434,7 @@ def _report(job: AutoJob, facts: dict[str, Any]) -> None:
             "plan": state.done(AutoStage.PLAN),
             "study": study,
             "final": state.done(AutoStage.TRAIN),
+            "vocoder": state.done(AutoStage.VOCODER),
             "registered": state.done(AutoStage.REGISTER),
             "samples": state.done(AutoStage.SPEAK)["samples"],
             "budget": state.budget_facts(),

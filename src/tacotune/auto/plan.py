@@ -11,6 +11,13 @@ The rule (the step rate is measured here, on the prepared data, with a few real 
   only the settings that matter most on small budgets are tuned (FEW_SETTINGS).
 - The paper-size model (base.yaml) needs a GPU and about an hour of speech; anything
   else trains the small model (demo.yaml). An explicit --config always wins.
+- A neural vocoder (HiFi-GAN VOCODER_PRESET, trained on the final model's teacher-forced
+  mels after it) gets up to VOCODER_SHARE of the time, but only where that buys it
+  MIN_VOCODER_STEPS steps at the rate measured here and at least MIN_VOCODER_MINUTES: on
+  a GPU. On a CPU one step at the paper's batch takes minutes (bench/vocoder.py), far from
+  what it takes to sound better than Griffin-Lim, so the CPU keeps Griffin-Lim and the
+  time goes to the acoustic model. Whether the vocoder is then used is decided on its
+  validation numbers against Griffin-Lim's (pipeline.vocoder_verdict).
 """
 
 from __future__ import annotations
@@ -35,6 +42,14 @@ FINAL_SHARE = 0.5  # of the budget after preparation, at least, for the final mo
 MIN_FINAL_MINUTES = 1.0
 PAPER_SIZE_GPU_GIB = 12.0  # the paper-size model at batch 32 fits in this much GPU memory
 PAPER_SIZE_HOURS = 1.0  # of kept speech before the paper-size model is worth its size
+VOCODER_PRESET = "hifigan_v2.yaml"  # 0.9M parameters: near V1's quality, fast on a CPU
+VOCODER_SHARE = 0.25  # of the time after preparation, at most, for the vocoder
+MIN_VOCODER_MINUTES = 10.0  # less is not worth the teacher-forced mels and evaluations
+# steps at the paper's batch (16 x 8192 samples) before HiFi-GAN trained from scratch
+# sounds better than Griffin-Lim; bench/vocoder.py measured it at a reduced batch on CPU
+# (README, "Neural vocoder"), this is that audio scaled to the paper's batch, with margin
+MIN_VOCODER_STEPS = 2000
+CPU_VOCODER_SECONDS_PER_STEP = 250.0  # one paper-batch step on 2 CPU cores (bench/vocoder.py)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ class Plan:
     final_minutes: float  # the final model's training
     tuned: tuple[str, ...]  # the settings searched
     reasons: tuple[str, ...]
+    vocoder_minutes: float = 0.0  # the neural vocoder's training after the final model; 0: none
+    vocoder_steps_per_second: float = 0.0  # the vocoder's rate the plan assumes
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
@@ -89,6 +106,8 @@ class Plan:
             final_minutes=float(facts["final_minutes"]),
             tuned=tuple(facts["tuned"]),
             reasons=tuple(facts["reasons"]),
+            vocoder_minutes=float(facts.get("vocoder_minutes", 0.0)),  # older auto.json: none
+            vocoder_steps_per_second=float(facts.get("vocoder_steps_per_second", 0.0)),
         )
 
 
@@ -110,6 +129,31 @@ def choose_preset(hardware: Hardware, hours: float) -> tuple[str, str]:
             f"paper-size model (it needs about {PAPER_SIZE_HOURS:.0f} h)"
         )
     return "base", f"the paper-size model (base.yaml) on {hardware.describe()} with {hours:.1f} h"
+
+
+def plan_vocoder(hardware: Hardware, minutes: float, rate: float) -> tuple[float, str]:
+    """Minutes for the neural vocoder out of `minutes` (0: none) and why; `rate`: its
+    measured training steps per second at the preset's batch (0: not measured)."""
+    share = VOCODER_SHARE * minutes
+    if not hardware.gpu:
+        steps = share * 60 / CPU_VOCODER_SECONDS_PER_STEP
+        return 0.0, (
+            f"vocoder: Griffin-Lim. HiFi-GAN would get ~{steps:.0f} steps on "
+            f"{hardware.describe()} (~{CPU_VOCODER_SECONDS_PER_STEP:.0f} s per step at the "
+            f"paper's batch), it needs ~{MIN_VOCODER_STEPS} to sound better"
+        )
+    steps = share * 60 * rate
+    if share < MIN_VOCODER_MINUTES or steps < MIN_VOCODER_STEPS:
+        return 0.0, (
+            f"vocoder: Griffin-Lim. HiFi-GAN would get {share:.1f} min, ~{steps:.0f} steps at "
+            f"the measured {rate:.2f} steps/s; it needs >= {MIN_VOCODER_MINUTES:.0f} min and "
+            f"~{MIN_VOCODER_STEPS} steps to sound better"
+        )
+    return share, (
+        f"vocoder: HiFi-GAN ({VOCODER_PRESET}) trains {share:.1f} min (~{steps:.0f} steps at "
+        f"{rate:.2f} steps/s) on the final model's teacher-forced mels, and speaks only if it "
+        "beats Griffin-Lim on the validation utterances"
+    )
 
 
 def make_plan(config: Config, preset: str, rate: float, minutes: float, reasons: list[str]) -> Plan:

@@ -125,6 +125,7 @@ def render(out_dir: Path, facts: dict[str, Any]) -> str:
     ]
     if (out_dir / "training_curves.png").exists():
         lines += ["![Training curves](training_curves.png)", ""]
+    lines += _vocoder(facts.get("vocoder") or {})
     lines += ["## Samples", "", "| text | audio | alignment | complete |", "|---|---|---|---|"]
     for sample in facts["samples"]:
         lines.append(
@@ -135,6 +136,33 @@ def render(out_dir: Path, facts: dict[str, Any]) -> str:
     lines += ["", "## Budget", "", _budget_line(budget), "", "| stage | minutes |", "|---|---|"]
     lines += [f"| {name} | {minutes:.1f} |" for name, minutes in budget["stage_minutes"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _vocoder(vocoder: dict[str, Any]) -> list[str]:
+    """Which vocoder the samples and the registered voice speak with, and why."""
+    lines = ["## Vocoder", ""]
+    if not vocoder.get("trained"):
+        reason = vocoder.get("reason", "the plan had none")
+        return [*lines, f"Griffin-Lim: no neural vocoder was trained ({reason}).", ""]
+    used = "HiFi-GAN (`vocoder/`)" if vocoder["used"] else "Griffin-Lim"
+    lines += [
+        f"**{used}** speaks. {vocoder['reason']}.",
+        "",
+        f"HiFi-GAN trained {vocoder['step']} steps on the final model's teacher-forced mels; "
+        f"its best validation (step {vocoder['best_step']}) against Griffin-Lim on the same "
+        "mels:",
+        "",
+        "| | MCD, dB (lower is better) | PESQ (higher is better) |",
+        "|---|---|---|",
+        f"| HiFi-GAN | {_number(vocoder.get('mcd'))} | {_number(vocoder.get('pesq'))} |",
+        f"| Griffin-Lim | {_number(vocoder.get('gl_mcd'))} | {_number(vocoder.get('gl_pesq'))} |",
+        "",
+    ]
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def _search(out_dir: Path, study: dict[str, Any]) -> list[str]:

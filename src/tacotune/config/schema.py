@@ -275,6 +275,8 @@ class VocoderConfig:
     """
 
     generator: Literal["v1", "v2", "v3"] = "v1"  # size preset (vocoder/hifigan.py PRESETS)
+    generator_channels: int = 0  # h_u, channels after the input convolution; 0: the preset's
+    discriminator_divisor: int = 1  # divides every discriminator channel count; 1: the paper's
     segment_size: int = 8192  # training audio clip, samples (a multiple of audio.hop_length)
     batch_size: int = 16  # segments per step
     learning_rate: float = 2e-4  # initial AdamW learning rate, generator and discriminators
@@ -285,8 +287,10 @@ class VocoderConfig:
     mel_weight: float = 45.0  # lambda_mel: weight of the mel-spectrogram L1 loss
     max_steps: int = 2_500_000  # optimizer steps (the paper trains V1 for 2.5M)
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
-    eval_every: int = 1000  # steps between validations (mel L1 on whole val utterances)
-    checkpoint_every: int = 5000  # steps between checkpoints
+    eval_every: int = 1000  # steps between validations (and checkpoints), on whole utterances
+    checkpoint_every: int = 5000  # steps between checkpoints besides those of the validations
+    eval_utterances: int = 4  # validation utterances vocoded (and Griffin-Lim'd) per validation
+    grad_norm_ceiling: float = 1e6  # the guard's ceiling here (unclipped HiFi-GAN norms reach 1e4)
 
 
 @dataclass(frozen=True)
@@ -498,13 +502,28 @@ def _vocoder_problems(v: VocoderConfig, audio: AudioConfig) -> list[str]:
         )
     if not all(0 <= b < 1 for b in v.adam_betas):
         problems.append(f"vocoder.adam_betas must be in [0, 1), found {list(v.adam_betas)}")
+    if not v.grad_norm_ceiling > 0:
+        problems.append(f"vocoder.grad_norm_ceiling must be > 0, found {v.grad_norm_ceiling}")
     if not (v.learning_rate > 0 and 0 < v.lr_decay <= 1):
         problems.append("vocoder needs learning_rate > 0 and 0 < lr_decay <= 1")
     if min(v.feature_matching_weight, v.mel_weight, v.weight_decay) < 0:
         problems.append("vocoder loss weights and weight_decay must be >= 0")
-    if min(v.batch_size, v.max_steps, v.eval_every, v.checkpoint_every) < 1:
+    if min(v.batch_size, v.max_steps, v.eval_every, v.checkpoint_every, v.eval_utterances) < 1:
         problems.append(
-            "vocoder.batch_size, max_steps, eval_every and checkpoint_every must be >= 1"
+            "vocoder.batch_size, max_steps, eval_every, checkpoint_every and eval_utterances "
+            "must be >= 1"
+        )
+    halvings = 2 ** len(PRESETS[v.generator].upsample_rates)
+    if v.generator_channels < 0 or v.generator_channels % halvings:
+        problems.append(
+            f"vocoder.generator_channels ({v.generator_channels}) must be 0 (the preset's) or a "
+            f"positive multiple of {halvings}: {v.generator} halves the channels "
+            f"{len(PRESETS[v.generator].upsample_rates)} times"
+        )
+    if v.discriminator_divisor not in (1, 2, 4, 8, 16, 32):
+        problems.append(
+            f"vocoder.discriminator_divisor must be 1, 2, 4, 8, 16 or 32, found "
+            f"{v.discriminator_divisor}"
         )
     return problems
 

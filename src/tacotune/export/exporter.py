@@ -1,7 +1,8 @@
 """`tacotune export VOICE --format onnx -o DIR`: a voice as ONNX graphs, with what runs them.
 
     DIR/encoder.onnx, decoder_step.onnx, postnet.onnx   the model (see graphs.py)
-    DIR/vocoder.onnx    only for a voice exported with a neural vocoder
+    DIR/vocoder.onnx    only for a voice exported with a neural vocoder (--vocoder, or the
+                        vocoder.pt of a registry version)
     DIR/frontend.json   the text frontend's state (TextFrontend.state())
     DIR/config.yaml     the resolved config of the checkpoint
     DIR/README.md       how to use the directory
@@ -34,6 +35,7 @@ from tacotune.export.readme import export_readme
 from tacotune.model.tacotron2 import Tacotron2
 from tacotune.registry import Registry
 from tacotune.synthesize import best_in_run, load_voice
+from tacotune.vocoder import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +46,19 @@ def export_voice(
     voice: str | Path,
     output: str | Path,
     registry_root: str | Path | None = None,
-    vocoder: nn.Module | None = None,
+    vocoder: nn.Module | str | Path | None = None,
 ) -> Path:
     """Export `voice` (a .pt checkpoint, a run directory or a registry reference such as
     ``name:production``) to the directory `output`, which must not exist or be empty.
 
-    `vocoder`: a neural vocoder module, (B, n_mels, T) log-mel -> the samples of each
-    item (e.g. HiFi-GAN's (B, 1, T * hop)), exported as vocoder.onnx; without one the
-    runtime uses Griffin-Lim. Checkpoints do not hold a vocoder yet, so only the Python
-    API can pass one.
+    `vocoder`: a neural vocoder exported as vocoder.onnx: a module, (B, n_mels, T) log-mel
+    -> the samples of each item (e.g. HiFi-GAN's (B, 1, T * hop)), or a vocoder checkpoint
+    or run directory (its HiFi-GAN generator, weight norm folded, checked against the
+    voice's audio settings). None: a registry version's own vocoder.pt if it has one, else
+    the runtime uses Griffin-Lim.
     """
     _require_onnx()
-    checkpoint, source = resolve_voice(voice, registry_root)
+    checkpoint, source, registered_vocoder = resolve_voice(voice, registry_root)
     payload = load_checkpoint(checkpoint)
     missing = [key for key in NEEDED if key not in payload]
     if missing:
@@ -65,6 +68,9 @@ def export_voice(
         )
     loaded = load_voice(payload, str(checkpoint))  # config bounds, weights that fit it
     config, model = loaded.config, loaded.model
+    vocoder = vocoder if vocoder is not None else registered_vocoder
+    if isinstance(vocoder, str | Path):  # the HiFi-GAN generator, in its 1-D layout
+        vocoder = load_generator(vocoder, expected_audio=config.audio)
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(
@@ -99,11 +105,14 @@ def _require_onnx() -> None:
         ) from error
 
 
-def resolve_voice(voice: str | Path, registry_root: str | Path | None) -> tuple[Path, str]:
-    """The checkpoint of `voice` and a description of where it came from."""
+def resolve_voice(
+    voice: str | Path, registry_root: str | Path | None
+) -> tuple[Path, str, Path | None]:
+    """The checkpoint of `voice`, a description of where it came from, and the vocoder
+    checkpoint registered with it (None: none, or not a registry reference)."""
     path = Path(voice)
     if path.exists():
-        return best_in_run(path), str(path)
+        return best_in_run(path), str(path), None
     if path.suffix == ".pt" or os.sep in str(voice):
         raise ExportError(
             f"voice {voice} does not exist; give a .pt checkpoint, a run directory or a "
@@ -111,7 +120,7 @@ def resolve_voice(voice: str | Path, registry_root: str | Path | None) -> tuple[
         )
     registry = Registry(registry_root)
     version = registry.get(str(voice))
-    return version.checkpoint, f"{version.ref} (registry {registry.root})"
+    return version.checkpoint, f"{version.ref} (registry {registry.root})", version.vocoder()
 
 
 def _info(

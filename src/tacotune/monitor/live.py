@@ -35,16 +35,23 @@ ENDS = {
     "stopped": "stopped",  # by a callback, e.g. a pruned tuning trial
 }
 ACTIVE = {"running", "starting"}  # statuses under which the live view keeps refreshing
+VOCODER_METRICS = (  # a vocoder run (tacotune vocoder train): its numbers beside Griffin-Lim's
+    *("eval/mel_l1", "gl/mel_l1", "eval/mcd", "gl/mcd", "eval/pesq", "gl/pesq"),
+    *("eval/stoi", "gl/stoi", "train/g_mel", "train/d_total"),
+)
 KEY_METRICS = (
     *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
     *("free/diagonality", "free/aligned_rate", "free/quality", "free/max_steps_rate"),
+    *VOCODER_METRICS,
     *("train/total", "train/grad_norm", "train/learning_rate"),
 )
 LOWER_IS_BETTER = {
     *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
-    *("free/max_steps_rate", "train/total"),
+    *("free/max_steps_rate", "train/total", "eval/mel_l1", "eval/mcd", "train/g_mel"),
 }
-HIGHER_IS_BETTER = {"free/diagonality", "free/aligned_rate", "free/quality"}
+HIGHER_IS_BETTER = {
+    *("free/diagonality", "free/aligned_rate", "free/quality", "eval/pesq", "eval/stoi"),
+}
 STATUS_STYLE = {"running": "green", "starting": "cyan", "finished": "blue", "diverged": "red"}
 EVENT_STYLE = {
     **{"best": "green", "aligned": "green", "voice_ready": "green"},
@@ -84,7 +91,8 @@ def snapshot_run(run_dir: Path) -> RunSnapshot:
     events = _records(run_dir / EVENTS_FILE)
     status = _run_status(events)
     step = _newest_step(metrics, events)
-    max_steps = _max_steps(run_dir)
+    vocoder = any("discriminator_parameters" in e for e in events[:1])  # its "started"
+    max_steps = _max_steps(run_dir, vocoder)
     rate = _steps_per_second(metrics, _restart(events))
     eta = None
     if status == "running" and rate and max_steps is not None:
@@ -155,13 +163,15 @@ def _newest_step(metrics: list[dict[str, Any]], events: list[dict[str, Any]]) ->
     return max(newest)[1] if newest else 0
 
 
-def _max_steps(run_dir: Path) -> int | None:
-    """train.max_steps from the run's config.yaml (None if it is missing or unreadable)."""
+def _max_steps(run_dir: Path, vocoder: bool = False) -> int | None:
+    """train.max_steps (a vocoder run: vocoder.max_steps) from the run's config.yaml (None
+    if it is missing or unreadable)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
     try:
-        return load_config(path).train.max_steps
+        config = load_config(path)
+        return config.vocoder.max_steps if vocoder else config.train.max_steps
     except (ConfigError, OSError):
         return None
 

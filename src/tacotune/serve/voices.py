@@ -4,7 +4,7 @@ A voice spec is ``NAME`` (the registry's production version of NAME), ``NAME:N``
 ``NAME:STAGE`` (that version), a checkpoint path (a .pt file or a run directory), or an
 ONNX export directory (`tacotune export`: served by onnxruntime instead of torch);
 ``ALIAS=SPEC`` serves any of these under another name. `load_voice` is the single place a
-voice is built, so a neural vocoder (or another runtime) attaches there.
+voice is built: a registry version registered with a neural vocoder speaks with it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def load_voice(spec: str, registry: Registry, device: str = "cpu") -> Voice:
         version = registry.get(ref)
         checkpoint = version.checkpoint
         name, source = alias or target, version.ref
-    vocoder = _registered_vocoder(version)
+    vocoder = _registered_vocoder(version, device)
     engine: SpeechEngine
     if (checkpoint / MANIFEST).is_file():  # an ONNX export: the same API, onnxruntime inside
         from tacotune.export import OnnxSynthesizer
@@ -127,13 +127,17 @@ def load_voices(specs: Sequence[str], registry: Registry, device: str = "cpu") -
     return voices
 
 
-def _registered_vocoder(version: ModelVersion | None) -> Vocoder | None:
-    """The vocoder stored with a registry version; None means Griffin-Lim.
+def _registered_vocoder(version: ModelVersion | None, device: str) -> Vocoder | None:
+    """The neural vocoder stored with a registry version (vocoder.pt, checked against its
+    sha256 and the voice's audio settings); None means Griffin-Lim."""
+    path = version.vocoder() if version is not None else None
+    if version is None or path is None:
+        return None
+    from tacotune.config import load_config
+    from tacotune.vocoder import load_vocoder
 
-    Registry versions hold no vocoder yet (a neural vocoder is being built): when they do,
-    load it here from `version.directory` and every served voice gets it.
-    """
-    return None
+    audio = load_config(version.directory / "config.yaml").audio
+    return load_vocoder(path, expected_audio=audio, device=device)
 
 
 def _name_of_path(path: Path) -> str:

@@ -88,6 +88,16 @@ def mcd_dtw(predicted: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> f
     return MCD_DB * float(distances.mean())
 
 
+def mcd_frames(predicted: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
+    """Mel-cepstral distortion (dB) between two log-mels of the same length, frame by frame:
+    for audio re-analysed from the mel it was made from (a vocoder's output against the
+    recording), where DTW would only hide timing errors."""
+    a, b = mel_cepstra(predicted), mel_cepstra(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"mcd_frames needs equal lengths, found {a.shape[1]} and {b.shape[1]}")
+    return MCD_DB * float(np.linalg.norm(a - b, axis=0).mean())
+
+
 def voice_metrics(predicted: Tensor, reference: Tensor, other: Tensor) -> VoiceMetrics:
     """A free-running mel vs the recording of its text and a recording of another text."""
     return VoiceMetrics(

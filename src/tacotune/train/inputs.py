@@ -67,9 +67,11 @@ class TrainingData:
             self.position = Position(self.position.epoch + 1, 0)
 
 
-def check_compatible(config: Config, prepared: PreparedDataset) -> None:
-    """The run must read text and audio exactly as the dataset was prepared."""
-    for section in ("text", "audio"):
+def check_compatible(
+    config: Config, prepared: PreparedDataset, sections: tuple[str, ...] = ("text", "audio")
+) -> None:
+    """The run must read text and audio (a vocoder: audio) exactly as the dataset was prepared."""
+    for section in sections:
         ours, theirs = getattr(config, section), getattr(prepared.config, section)
         if ours != theirs:
             differing = [

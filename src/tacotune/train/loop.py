@@ -38,6 +38,9 @@ from tacotune.runlog import RunListener, RunLog, StopTraining
 from tacotune.signals import StopRequests
 from tacotune.supervision.guard import TrainingDiverged
 from tacotune.train.evaluate import evaluate
+from tacotune.train.ranks import agree as _agree
+from tacotune.train.ranks import agree_on_interrupt as _agree_on_interrupt
+from tacotune.train.ranks import barrier as _barrier
 from tacotune.train.records import write_samples
 from tacotune.train.session import Session, open_session
 from tacotune.train.setup import Environment, process_rank
@@ -363,33 +366,6 @@ def resume(
             f"--set train.max_steps=N (N > {step})"
         )
     return train(config, prepared_dir, run_dir, listeners=listeners, checkpoint=checkpoint)
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
-
-
-_STOP_CODES = list(StopReason)
-
-
-def _agree(stop_reason: StopReason, env: Environment) -> StopReason:
-    """Rank 0's stop decision, shared with every rank."""
-    if env.world_size == 1:
-        return stop_reason
-    code = torch.tensor([_STOP_CODES.index(stop_reason)], device=env.device)
-    dist.broadcast(code, src=0)
-    return _STOP_CODES[int(code.item())]
-
-
-def _agree_on_interrupt(requested: bool, env: Environment) -> bool:
-    """Whether any rank was asked to stop (torchrun signals every process, but not at the
-    same step boundary): all ranks then stop together."""
-    if env.world_size == 1:
-        return requested
-    flag = torch.tensor([int(requested)], device=env.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def _mean_over_ranks(value: float, env: Environment) -> float:

@@ -10,11 +10,17 @@ training"), the others weight normalization. Layer sizes follow the authors' ref
 implementation (github.com/jik876/hifi-gan, models.py). Every sub-discriminator returns
 its logits (least-squares GAN, section 2.3) and the feature map after each layer (for the
 feature-matching loss).
+
+`divisor` (vocoder.discriminator_divisor) divides every hidden channel count, and a
+grouped convolution keeps as many groups as still divide its channels: 1 is the paper's
+70M-parameter pair; larger divisors are for CPU trials and tests, where the full
+discriminators cost seconds per 1024-sample segment (bench/vocoder.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,18 +46,21 @@ class DiscriminatorOutput(NamedTuple):
 class PeriodDiscriminator(nn.Module):
     """One MPD sub-discriminator: (B, 1, N) -> logits (B, L) and feature maps."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3) -> None:
+    def __init__(
+        self, period: int, kernel_size: int = 5, stride: int = 3, divisor: int = 1
+    ) -> None:
         super().__init__()
         self.period = period
-        channels = (1, 32, 128, 512, 1024)
+        channels = (1, *(c // divisor for c in (32, 128, 512, 1024)))
         pad = (kernel_size - 1) // 2
         layers = [
             nn.Conv2d(c_in, c_out, (kernel_size, 1), (stride, 1), padding=(pad, 0))
             for c_in, c_out in itertools.pairwise(channels)
         ]
-        layers.append(nn.Conv2d(1024, 1024, (kernel_size, 1), 1, padding=(pad, 0)))
+        widest = channels[-1]
+        layers.append(nn.Conv2d(widest, widest, (kernel_size, 1), 1, padding=(pad, 0)))
         self.convs = nn.ModuleList(weight_norm(layer) for layer in layers)
-        self.conv_post = weight_norm(nn.Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = weight_norm(nn.Conv2d(widest, 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(B, 1, N) -> (B, L) logits and the activation of every layer."""
@@ -71,19 +80,35 @@ class PeriodDiscriminator(nn.Module):
 class ScaleDiscriminator(nn.Module):
     """One MSD sub-discriminator: (B, 1, N) -> logits (B, L) and feature maps."""
 
-    def __init__(self, norm: Norm = weight_norm) -> None:
+    # (in, out, kernel, stride, groups) of the reference implementation's layers
+    LAYERS = (
+        (1, 128, 15, 1, 1),
+        (128, 128, 41, 2, 4),
+        (128, 256, 41, 2, 16),
+        (256, 512, 41, 4, 16),
+        (512, 1024, 41, 4, 16),
+        (1024, 1024, 41, 1, 16),
+        (1024, 1024, 5, 1, 1),
+    )
+
+    def __init__(self, norm: Norm = weight_norm, divisor: int = 1) -> None:
         super().__init__()
-        layers = [
-            nn.Conv1d(1, 128, 15, 1, padding=7),
-            nn.Conv1d(128, 128, 41, 2, groups=4, padding=20),
-            nn.Conv1d(128, 256, 41, 2, groups=16, padding=20),
-            nn.Conv1d(256, 512, 41, 4, groups=16, padding=20),
-            nn.Conv1d(512, 1024, 41, 4, groups=16, padding=20),
-            nn.Conv1d(1024, 1024, 41, 1, groups=16, padding=20),
-            nn.Conv1d(1024, 1024, 5, 1, padding=2),
-        ]
+        layers = []
+        for c_in, c_out, kernel, stride, groups in self.LAYERS:
+            c_in = c_in if c_in == 1 else c_in // divisor
+            c_out //= divisor
+            layers.append(
+                nn.Conv1d(
+                    c_in,
+                    c_out,
+                    kernel,
+                    stride,
+                    groups=math.gcd(groups, c_in, c_out),
+                    padding=(kernel - 1) // 2,
+                )
+            )
         self.convs = nn.ModuleList(norm(layer) for layer in layers)
-        self.conv_post = norm(nn.Conv1d(1024, 1, 3, 1, padding=1))
+        self.conv_post = norm(nn.Conv1d(1024 // divisor, 1, 3, 1, padding=1))
 
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(B, 1, N) -> (B, L) logits (L = ceil(N / 64)) and the activation of every layer."""
@@ -99,9 +124,11 @@ class ScaleDiscriminator(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """MPD: one PeriodDiscriminator per period."""
 
-    def __init__(self, periods: tuple[int, ...] = PERIODS) -> None:
+    def __init__(self, periods: tuple[int, ...] = PERIODS, divisor: int = 1) -> None:
         super().__init__()
-        self.discriminators = nn.ModuleList(PeriodDiscriminator(p) for p in periods)
+        self.discriminators = nn.ModuleList(
+            PeriodDiscriminator(p, divisor=divisor) for p in periods
+        )
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """(B, 1, N) -> one logits tensor and feature list per period."""
@@ -112,10 +139,11 @@ class MultiPeriodDiscriminator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """MSD: ScaleDiscriminators on the audio pooled 0, 1, 2, ... times."""
 
-    def __init__(self, scales: int = SCALES) -> None:
+    def __init__(self, scales: int = SCALES, divisor: int = 1) -> None:
         super().__init__()
         self.discriminators = nn.ModuleList(
-            ScaleDiscriminator(spectral_norm if i == 0 else weight_norm) for i in range(scales)
+            ScaleDiscriminator(spectral_norm if i == 0 else weight_norm, divisor)
+            for i in range(scales)
         )
         self.pool = nn.AvgPool1d(4, 2, padding=2)  # (B, 1, N) -> (B, 1, N / 2 + 1)
 
@@ -138,12 +166,28 @@ class Discriminator(nn.Module):
     list of eight outputs is all the losses need; `mpd` and `msd` stay reachable.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, divisor: int = 1) -> None:
+        """`divisor`: every hidden channel count / divisor (1: the paper's; a power of 2)."""
         super().__init__()
-        self.mpd = MultiPeriodDiscriminator()
-        self.msd = MultiScaleDiscriminator()
+        self.mpd = MultiPeriodDiscriminator(divisor=divisor)
+        self.msd = MultiScaleDiscriminator(divisor=divisor)
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """(B, 1, N) -> 8 logits tensors and 8 feature lists."""
         period, scale = self.mpd(audio), self.msd(audio)
         return DiscriminatorOutput(period.logits + scale.logits, period.features + scale.features)
+
+
+def split_batch(
+    out: DiscriminatorOutput, first: int
+) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+    """A verdict on a batch [real; generated] of two halves -> the verdicts on each: the
+    items before `first` and the rest (one pass over both halves is one pass of work)."""
+    real, generated = (
+        DiscriminatorOutput(
+            [logits[part] for logits in out.logits],
+            [[feature[part] for feature in maps] for maps in out.features],
+        )
+        for part in (slice(0, first), slice(first, None))
+    )
+    return real, generated

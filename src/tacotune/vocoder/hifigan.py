@@ -15,6 +15,7 @@ on every convolution.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import torch
@@ -192,8 +193,12 @@ def _swap_to_2d(module: nn.Module) -> None:
         setattr(module, name, twin)
 
 
-def build_generator(name: str, n_mels: int, hop_length: int) -> Generator:
-    """The generator of a preset ("v1", "v2", "v3")."""
+def build_generator(name: str, n_mels: int, hop_length: int, channels: int = 0) -> Generator:
+    """The generator of a preset ("v1", "v2", "v3"); `channels` > 0 replaces its h_u
+    (vocoder.generator_channels: smaller generators for tests and CPU trials)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown HiFi-GAN generator {name!r}; presets: {sorted(PRESETS)}")
-    return Generator(PRESETS[name], n_mels, hop_length)
+    spec = PRESETS[name]
+    if channels:
+        spec = dataclasses.replace(spec, upsample_initial_channel=channels)
+    return Generator(spec, n_mels, hop_length)

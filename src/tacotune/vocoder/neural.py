@@ -6,10 +6,11 @@ A vocoder checkpoint (written with `tacotune.checkpoint.save_checkpoint`) holds 
     generator       the generator's state dict, weight norm still in place
     audio           the `audio` config section the training mels were made with
 
-(`vocoder_payload` builds these three; training adds optimizer states and the like).
-Loading folds the weight norm into plain weights, switches to eval mode (on CPU also to
-the faster channels-last 2-D layout) and checks that the mels it will be given are the
-mels it was trained on.
+(`vocoder_payload` builds these three; training adds optimizer states and the like;
+a vocoder run's checkpoints/model.pt is its best.pt without them). Loading folds the
+weight norm into plain weights, switches to eval mode (on CPU also to the faster
+channels-last 2-D layout) and checks that the mels it will be given are the mels it was
+trained on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from tacotune.checkpoint import load_checkpoint
 from tacotune.config.load import coerce, config_to_dict
 from tacotune.config.schema import AudioConfig, Config, VocoderConfig
+from tacotune.device import resolve_device
 from tacotune.errors import AudioError, CheckpointError, ConfigError
 from tacotune.vocoder.hifigan import Generator, build_generator
 
@@ -41,6 +43,86 @@ def vocoder_payload(generator: Generator, config: Config) -> dict[str, Any]:
     }
 
 
+def vocoder_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as is; a vocoder run directory's checkpoints/model.pt (the best
+    weights without optimizer state), else its best.pt, else its last.pt."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("model.pt", "best.pt", "last.pt"):
+        candidate = path / "checkpoints" / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{path} holds no vocoder checkpoint (checkpoints/model.pt, best.pt or last.pt); give "
+        "a run directory of `tacotune vocoder train` or a vocoder checkpoint file"
+    )
+
+
+def read_payload(
+    payload: dict[str, Any], expected_audio: AudioConfig | None, source: str
+) -> tuple[VocoderConfig, AudioConfig]:
+    """The vocoder and audio configs of a checkpoint payload, checked: the keys are there,
+    the configs are valid and (with `expected_audio`, the acoustic model's audio config)
+    the mel settings match. Every problem -> CheckpointError naming `source`."""
+    if not isinstance(payload, dict) or any(k not in payload for k in PAYLOAD_KEYS):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{source} is not a HiFi-GAN vocoder checkpoint: it needs {list(PAYLOAD_KEYS)}, "
+            f"found {found}; pass a checkpoint written by `tacotune vocoder train`"
+        )
+    try:
+        vocoder = coerce(payload["vocoder_config"], VocoderConfig, "vocoder")
+        audio = coerce(payload["audio"], AudioConfig, "audio")
+        Config(audio=audio, vocoder=vocoder).validate()
+    except ConfigError as error:
+        raise CheckpointError(f"{source} has an invalid vocoder config: {error}") from error
+    if expected_audio is not None:
+        _check_mel_settings(audio, expected_audio, source)
+    return vocoder, audio
+
+
+def folded_generator(
+    generator_state: dict[str, torch.Tensor], vocoder: VocoderConfig, audio: AudioConfig
+) -> Generator:
+    """The config's generator with `generator_state` loaded, weight norm folded, in eval
+    mode without gradients (1-D layout: what ONNX export wants). CheckpointError when the
+    state does not fit."""
+    generator = build_generator(
+        vocoder.generator, audio.n_mels, audio.hop_length, vocoder.generator_channels
+    )
+    try:
+        generator.load_state_dict(generator_state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"the generator weights do not fit HiFi-GAN {vocoder.generator} with "
+            f"{audio.n_mels} mel bands ({str(error).splitlines()[0]})"
+        ) from error
+    generator = generator.remove_weight_norm().eval()
+    generator.requires_grad_(False)
+    return generator
+
+
+def load_generator(path: str | Path, expected_audio: AudioConfig | None = None) -> Generator:
+    """The folded generator of a vocoder checkpoint or run directory (for ONNX export)."""
+    file = vocoder_checkpoint(path)
+    source, payload = f"vocoder {file}", load_checkpoint(file)
+    vocoder, audio = read_payload(payload, expected_audio, source)
+    try:
+        return folded_generator(payload["generator"], vocoder, audio)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source}: {error}") from error
+
+
+def load_vocoder(
+    path: str | Path, expected_audio: AudioConfig | None = None, device: str = "cpu"
+) -> HifiGanVocoder:
+    """A trained vocoder from a checkpoint file or a vocoder run directory, checked against
+    the acoustic model's `expected_audio`; `device`: cpu, cuda or auto. One CheckpointError
+    for a missing, corrupt or mismatched checkpoint."""
+    return HifiGanVocoder.load(vocoder_checkpoint(path), expected_audio, resolve_device(device))
+
+
 class HifiGanVocoder:
     """(n_mels, T) log-mel -> (T * hop_length,) float32 samples with a trained generator."""
 
@@ -51,21 +133,12 @@ class HifiGanVocoder:
         audio: AudioConfig,
         device: str | torch.device = "cpu",
     ) -> None:
-        """Build the preset's generator, load the (weight-normalized) state, fold the norm.
+        """Build the config's generator, load the (weight-normalized) state, fold the norm.
 
         Raises CheckpointError when the state does not fit the preset.
         """
-        generator = build_generator(vocoder.generator, audio.n_mels, audio.hop_length)
-        try:
-            generator.load_state_dict(generator_state)
-        except (RuntimeError, TypeError, AttributeError) as error:
-            raise CheckpointError(
-                f"the generator weights do not fit HiFi-GAN {vocoder.generator} with "
-                f"{audio.n_mels} mel bands ({str(error).splitlines()[0]})"
-            ) from error
         self.device = torch.device(device)
-        self.generator = generator.remove_weight_norm().eval().to(self.device)
-        self.generator.requires_grad_(False)
+        self.generator = folded_generator(generator_state, vocoder, audio).to(self.device)
         if self.device.type == "cpu":  # same output, 1.5-2x less CPU time
             self.generator.to_channels_last_2d()
         self.vocoder_config = vocoder
@@ -85,20 +158,7 @@ class HifiGanVocoder:
         """A vocoder from a checkpoint payload; `expected_audio` is the acoustic model's audio
         config, whose mel settings must match the vocoder's. Every problem -> CheckpointError.
         """
-        if not isinstance(payload, dict) or any(k not in payload for k in PAYLOAD_KEYS):
-            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(
-                f"{source} is not a HiFi-GAN vocoder checkpoint: it needs {list(PAYLOAD_KEYS)}, "
-                f"found {found}; pass a checkpoint written by vocoder training"
-            )
-        try:
-            vocoder = coerce(payload["vocoder_config"], VocoderConfig, "vocoder")
-            audio = coerce(payload["audio"], AudioConfig, "audio")
-            Config(audio=audio, vocoder=vocoder).validate()
-        except ConfigError as error:
-            raise CheckpointError(f"{source} has an invalid vocoder config: {error}") from error
-        if expected_audio is not None:
-            _check_mel_settings(audio, expected_audio, source)
+        vocoder, audio = read_payload(payload, expected_audio, source)
         try:
             return cls(payload["generator"], vocoder, audio, device)
         except CheckpointError as error:
