@@ -136,17 +136,19 @@ class Tacotron2(nn.Module):
         text_lengths: Tensor,
         style_mel: Tensor | None = None,
         generator: torch.Generator | None = None,
+        check_every: int = 1,
     ) -> SynthesisOutput:
         """Free-running synthesis with the final reduction factor; call after `eval()`.
 
         Each item may take at most min(max_decoder_steps, max_frames_per_char * N_i / r)
         steps, so decoding always ends, whatever the text; it also ends by its stop token
-        or after its attention held the final symbol for `end_hold_frames`.
+        or after its attention held the final symbol for `end_hold_frames`. The host
+        checks whether all items are done every `check_every` steps (same result).
         """
         r = self.final_reduction_factor
         memory, mask = self.encode(text, text_lengths, style_mel, None)
         stopping = self.stopping(text_lengths, mask)
-        out = self.decoder.infer(memory, mask, r, stopping, generator)
+        out = self.decoder.infer(memory, mask, r, stopping, generator, check_every)
         return SynthesisOutput(
             mel_postnet=self.postnet_mel(out.mel),
             alignments=out.alignments,

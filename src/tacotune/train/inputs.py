@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tacotune.config.schema import Config
 from tacotune.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
 from tacotune.data.manifest import PreparedDataset
+from tacotune.device import resolve_device
 from tacotune.errors import ConfigError, DatasetError
 from tacotune.model.tacotron2 import pad_multiple
 from tacotune.text.frontend import TextFrontend
@@ -37,6 +38,7 @@ class TrainingData:
     collate: Collate
     workers: int
     frontend: TextFrontend
+    pin_memory: bool = False  # page-locked batches (training on CUDA)
     position: Position = field(default_factory=Position)
 
     def stream(self) -> Iterator[Batch]:
@@ -58,7 +60,7 @@ class TrainingData:
                 batch_sampler=remaining,
                 collate_fn=self.collate,
                 num_workers=self.workers,
-                pin_memory=torch.cuda.is_available(),
+                pin_memory=self.pin_memory,  # lets Batch.to copy without blocking the host
                 generator=loader_rng,
             )
             for batch in loader if remaining else ():
@@ -129,6 +131,15 @@ def build_training_data(
                 other_recording=train_set[other].mel,
             )
         )
+    cuda = resolve_device(config.train.device).type == "cuda"
+    workers = config.train.data_workers
     return TrainingData(
-        train_set, val_batches, utterances, sampler, collate, config.train.data_workers, frontend
+        train_set,
+        val_batches,
+        utterances,
+        sampler,
+        collate,
+        (2 if cuda else 0) if workers == "auto" else workers,
+        frontend,
+        pin_memory=cuda,
     )
