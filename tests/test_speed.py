@@ -329,8 +329,12 @@ def test_the_compiled_step_computes_what_the_eager_one_does() -> None:
     def compiled(model: Tacotron2) -> None:
         compile_decoder_steps(model, load_config(None, ["train.compile=default"]).train)
 
+    from torch._dynamo.utils import counters
+
     eager = loss_and_grads(config)
+    counters.clear()
     assert_same(eager, loss_and_grads(config, compiled))
+    assert counters["stats"]["unique_graphs"] >= 1  # the compiled step did run
 
 
 # --- data workers and free-running decoding ----------------------------------------------------

@@ -219,9 +219,12 @@ class Decoder(nn.Module):
         step_function = self.compiled_step if self.training and self.compiled_step else None
         hiddens, contexts, alignments = [], [], []
         # unbind once: indexing [:, step] would make every step's backward allocate and
-        # zero-fill a gradient the size of all steps (measured: a third of the decoder time)
+        # zero-fill a gradient the size of all steps (measured: a third of the decoder time);
+        # step-major, so that a step's slice has the same strides whatever the step count
+        # (a compiled step would otherwise be recompiled for every utterance length)
+        by_step = prenet_gates.transpose(0, 1).contiguous()  # (S, B, 4 * attention_rnn_dim)
         for step_gates, keep in zip(
-            torch.unbind(prenet_gates, dim=1), self._keep_masks(batch, frames // r), strict=True
+            torch.unbind(by_step), self._keep_masks(batch, frames // r), strict=True
         ):
             hidden, context, attention = self._step(
                 step_gates, state, memory, processed, memory_mask, weights, keep, step_function

@@ -101,7 +101,8 @@ class Tacotron2(nn.Module):
 
         Args:
             text: (B, N) symbol ids, padded with 0.
-            text_lengths: (B,)
+            text_lengths: (B,), on the device or the CPU: the encoder packs its input with
+                lengths on the CPU, so CPU lengths spare a GPU a device->host read.
             mel: (B, n_mels, T) targets; T divisible by r (and by the DDC factor).
             mel_lengths: (B,) real frames (for the style reference).
             r: frames per decoder step for this pass.
@@ -199,7 +200,8 @@ class Tacotron2(nn.Module):
             style = self.style_tokens(reference, memory.shape[0])  # (B, gst_dim)
             memory = torch.cat([memory, style.unsqueeze(1).expand(-1, memory.shape[1], -1)], -1)
         positions = torch.arange(text.shape[1], device=text.device)
-        return memory, positions[None, :] >= text_lengths[:, None]
+        lengths = text_lengths.to(text.device, non_blocking=True)
+        return memory, positions[None, :] >= lengths[:, None]
 
 
 def decoder_steps(frames: Tensor, r: int) -> Tensor:

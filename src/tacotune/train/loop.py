@@ -127,15 +127,16 @@ def _run(session: Session, stop: StopRequests) -> TrainResult:
             )
             while not stop_reason:
                 # 5.1 forward under autocast; the loss is computed in fp32
-                batch = next(batches).to(env.device)
+                host_batch = next(batches)
+                batch = host_batch.to(env.device)
                 r = reduction_factor_at(config.model, state.step)
                 with torch.autocast(
                     env.device.type,
                     dtype=env.autocast_dtype,
                     enabled=env.autocast_dtype is not None,
                 ):
-                    out = session.wrapped(
-                        batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r
+                    out = session.wrapped(  # text lengths from the host: no device read
+                        batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r
                     )
                 terms = tacotron2_loss(
                     out,

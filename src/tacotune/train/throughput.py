@@ -71,7 +71,7 @@ def measure_step_rate(
         with torch.autocast(
             env.device.type, dtype=env.autocast_dtype, enabled=env.autocast_dtype is not None
         ):
-            out = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r)
+            out = model(batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r)
         terms = tacotron2_loss(
             out, batch.mel, batch.mel_lengths, batch.text, batch.text_lengths, config.loss, step
         )
