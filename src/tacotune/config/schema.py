@@ -127,10 +127,20 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
     eval_every: int = 500  # steps between evaluations (and checkpoints)
     keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where native
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"  # tf32: fp32 tensors,
+    # TF32 matmuls/convolutions (CUDA, Ampere+); auto: see train/setup.py (tf32 on such GPUs,
+    # bf16 on CPUs with native bf16, else fp32)
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    data_workers: int = 0  # DataLoader worker processes; 0 loads mels in the training process
+    data_workers: int | Literal["auto"] = "auto"  # DataLoader worker processes; 0 loads mels
+    # in the training process; auto: 2 when training on CUDA, else 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    compile: Literal["off", "default", "reduce-overhead"] = "off"  # torch.compile the decoder
+    # step (default: fused kernels; reduce-overhead: + CUDA graphs, CUDA only); off: eager
+    sync_every: int | Literal["auto"] = "auto"  # steps between reading the loss and gradient
+    # norm on the host (bad steps are skipped on the device meanwhile); auto: 1 on CPU, 16 on CUDA
+    shape_bucket: int | Literal["auto"] = "auto"  # pad the attention memory to a multiple
+    # of this many characters (masked: same loss), so that a compiled decoder step sees few
+    # shapes; auto: 16 when train.compile is on, else 1 (no padding)
     probe_sentences: tuple[str, ...] = (  # synthesized free-running at every evaluation
         "Съешь же ещё этих мягких французских булок, да выпей чаю.",
         "В две тысячи двадцать четвёртом году замок был закрыт.",
@@ -377,6 +387,28 @@ def _cross_field_problems(cfg: Config) -> list[str]:
     need(t.eval_every >= 1, "train.eval_every must be >= 1")
     need(t.max_steps >= 1, "train.max_steps must be >= 1")
     need(t.grad_clip > 0, "train.grad_clip must be > 0")
+    need(
+        t.data_workers == "auto" or t.data_workers >= 0,
+        f"train.data_workers must be auto or >= 0, found {t.data_workers}",
+    )
+    need(
+        t.sync_every == "auto" or t.sync_every >= 1,
+        f"train.sync_every must be auto or >= 1, found {t.sync_every}",
+    )
+    need(
+        t.shape_bucket == "auto" or t.shape_bucket >= 1,
+        f"train.shape_bucket must be auto or >= 1 (1: no extra padding), found {t.shape_bucket}",
+    )
+    need(
+        t.compile != "reduce-overhead" or t.device != "cpu",
+        "train.compile=reduce-overhead captures CUDA graphs and needs a CUDA device, but "
+        "train.device is cpu; use train.compile=default (or off) on the CPU",
+    )
+    need(
+        t.precision != "tf32" or t.device != "cpu",
+        "train.precision=tf32 is a CUDA (Ampere or newer) mode, but train.device is cpu; use "
+        "fp32 or bf16 on the CPU",
+    )
     sv = cfg.supervision
     need(
         sv.free_running_val_utterances >= 1,

@@ -36,6 +36,17 @@ class Batch:
     mel: Tensor  # (B, n_mels, T) float, padded with silence; T % pad_multiple == 0
     mel_lengths: Tensor  # (B,) frames
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (a DataLoader with pin_memory calls this), so
+        that `to` a CUDA device copies without blocking the host."""
+        return dataclasses.replace(
+            self,
+            text=self.text.pin_memory(),
+            text_lengths=self.text_lengths.pin_memory(),
+            mel=self.mel.pin_memory(),
+            mel_lengths=self.mel_lengths.pin_memory(),
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on `device` (non-blocking where possible)."""
         return dataclasses.replace(

@@ -6,7 +6,10 @@ sized for the largest r in use and sliced, so r can change during training
 of the previous step, which is why its size does not depend on r either.
 
 Teacher-forced `forward` projects all steps at once after the recurrence (the
-projection feeds nothing back), `infer` projects step by step.
+projection feeds nothing back), `infer` projects step by step. Its dropout masks are
+drawn for all steps at once too, so that one step (`advance`) is a pure function of
+tensors: the training loop may replace it by a compiled one (`compiled_step`,
+train/compiled.py); the eager `advance` stays the reference.
 
 The two LSTMs keep nn.LSTMCell's parameters but are computed from them with
 F.linear (one GEMM per LSTM and step; the prenet's share of the attention LSTM
@@ -16,7 +19,7 @@ F.linear runs in bf16 - 3.4x faster on CPUs with native bf16.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -102,6 +105,9 @@ class Stopping:
         self.done = self.done | gate_stop | end_stop | (self.steps >= self.max_steps)
 
 
+STATE = ("att_h", "att_c", "dec_h", "dec_c", "weights", "cumulative", "context")  # step state
+
+
 class StepWeights(NamedTuple):
     """Per-forward arrangement of the decoder's recurrent weights (see `Decoder._step`)."""
 
@@ -174,6 +180,14 @@ class Decoder(nn.Module):
         self.gate_layer = (
             LinearNorm(d.decoder_rnn_dim + d.memory_dim, 1, gain="sigmoid") if d.with_gate else None
         )
+        # the training forward's step function when set (a compiled `advance`); eager if None
+        self.compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
+        # compute the recurrent weight gradients once per pass (recurrent.py); a compiled
+        # step cannot hold the Python state this needs, so compiling switches it off
+        self.deferred_grads = True
+        # the training forward pads the attention memory to a multiple of this many
+        # characters (masked, so nothing changes but the shape a compiled step sees)
+        self.memory_bucket = 1
 
     def forward(self, memory: Tensor, memory_mask: Tensor, mel: Tensor, r: int) -> DecoderOutput:
         """Teacher-forced decoding.
@@ -198,14 +212,22 @@ class Decoder(nn.Module):
         prenet_gates = F.linear(
             self.prenet(inputs), weights.attention_input, weights.attention_bias
         )  # (B, S, 4 * attention_rnn_dim)
+        characters = memory.shape[1]
+        memory, memory_mask = self._bucketed(memory, memory_mask)
         state = self.initial_state(memory, weights)
         processed = self.attention.process_memory(memory)
+        step_function = self.compiled_step if self.training and self.compiled_step else None
         hiddens, contexts, alignments = [], [], []
         # unbind once: indexing [:, step] would make every step's backward allocate and
-        # zero-fill a gradient the size of all steps (measured: a third of the decoder time)
-        for step_gates in torch.unbind(prenet_gates, dim=1):
+        # zero-fill a gradient the size of all steps (measured: a third of the decoder time);
+        # step-major, so that a step's slice has the same strides whatever the step count
+        # (a compiled step would otherwise be recompiled for every utterance length)
+        by_step = prenet_gates.transpose(0, 1).contiguous()  # (S, B, 4 * attention_rnn_dim)
+        for step_gates, keep in zip(
+            torch.unbind(by_step), self._keep_masks(batch, frames // r), strict=True
+        ):
             hidden, context, attention = self._step(
-                step_gates, state, memory, processed, memory_mask, weights
+                step_gates, state, memory, processed, memory_mask, weights, keep, step_function
             )
             hiddens.append(hidden)
             contexts.append(context)
@@ -215,9 +237,18 @@ class Decoder(nn.Module):
         return DecoderOutput(
             mel=self._frames(self.projection(features), r),
             gate=None if self.gate_layer is None else self.gate_layer(features).squeeze(-1),
-            alignments=torch.stack(alignments, dim=1),
+            alignments=torch.stack(alignments, dim=1)[:, :, :characters],
             hidden=hidden,
         )
+
+    def _bucketed(self, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, N, M), (B, N) -> (B, N', M), (B, N') with N' the next multiple of
+        `memory_bucket`: zero memory at masked characters, which get exactly zero attention
+        (and the location convolution zero-pads anyway)."""
+        extra = -memory.shape[1] % self.memory_bucket
+        if not extra:
+            return memory, mask
+        return F.pad(memory, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=True)
 
     @torch.no_grad()
     def infer(
@@ -227,14 +258,19 @@ class Decoder(nn.Module):
         r: int,
         stopping: Stopping,
         generator: torch.Generator | None = None,
+        check_every: int = 1,
     ) -> InferenceOutput:
-        """Free-running decoding until `stopping` says every item is done."""
+        """Free-running decoding until `stopping` says every item is done.
+
+        Whether all are done is read on the host every `check_every` steps (each read
+        waits for the device); the steps decoded after the last item stopped are dropped.
+        """
         frame = memory.new_zeros(memory.shape[0], self.dims.n_mels)
         weights = self.step_weights()
         state = self.initial_state(memory, weights)
         processed = self.attention.process_memory(memory)
         mels, gates, alignments = [], [], []
-        for _ in range(int(stopping.max_steps.max())):
+        for index in range(int(stopping.max_steps.max())):
             step = self.infer_step(
                 frame, state, memory, processed, memory_mask, weights, r, generator
             )
@@ -242,12 +278,14 @@ class Decoder(nn.Module):
             gates.append(step.gate)
             alignments.append(step.attention)
             frame = step.frames[:, -1]
-            if stopping.update(step.gate, step.attention):
+            stopping.advance(step.gate, step.attention)
+            if (index + 1) % check_every == 0 and bool(stopping.done.all()):
                 break
+        used = int(stopping.steps.max()) if check_every > 1 else len(mels)
         return InferenceOutput(
-            mel=torch.cat(mels, dim=1).transpose(1, 2),  # (B, n_mels, S * r)
-            gate=torch.stack(gates, dim=1),
-            alignments=torch.stack(alignments, dim=1),
+            mel=torch.cat(mels[:used], dim=1).transpose(1, 2),  # (B, n_mels, S * r)
+            gate=torch.stack(gates[:used], dim=1),
+            alignments=torch.stack(alignments[:used], dim=1),
             lengths=stopping.steps * r,
             stopped_by_gate=stopping.by_gate,
             stopped_at_end=stopping.at_end,
@@ -277,8 +315,9 @@ class Decoder(nn.Module):
             weights.attention_input,
             weights.attention_bias,
         )
+        keep = next(iter(self._keep_masks(frame.shape[0], 1)))
         hidden, context, attention = self._step(
-            prenet_gates, state, memory, processed, mask, weights
+            prenet_gates, state, memory, processed, mask, weights, keep
         )
         features = torch.cat([hidden, context], dim=-1)
         n_mels = self.dims.n_mels
@@ -302,15 +341,34 @@ class Decoder(nn.Module):
     def step_weights(self) -> StepWeights:
         """The recurrent weights arranged so that each step does one GEMM per LSTM."""
         a, d, p = self.attention_rnn, self.decoder_rnn, self.dims.prenet_dim
+        deferred = self.deferred_grads
         return StepWeights(
             attention_input=_autocast_ready(a.weight_ih[:, :p]),
             attention_bias=a.bias_ih + a.bias_hh,
             attention_recurrent=RecurrentLinear(
-                _autocast_ready(torch.cat([a.weight_ih[:, p:], a.weight_hh], dim=1))
+                _autocast_ready(torch.cat([a.weight_ih[:, p:], a.weight_hh], dim=1)), deferred
             ),
-            decoder=RecurrentLinear(_autocast_ready(torch.cat([d.weight_ih, d.weight_hh], dim=1))),
+            decoder=RecurrentLinear(
+                _autocast_ready(torch.cat([d.weight_ih, d.weight_hh], dim=1)), deferred
+            ),
             decoder_bias=d.bias_ih + d.bias_hh,
             location=self.attention.folded_location_weight(),
+        )
+
+    def _keep_masks(self, batch: int, steps: int) -> Iterator[tuple[Tensor, Tensor] | None]:
+        """Per step: the dropout keep-masks (B, H) of the attention and decoder LSTM states,
+        drawn for all steps at once (one RNG call instead of two per step); None (no
+        dropout) outside training."""
+        if not self.training or self.dims.attention_dropout == self.dims.decoder_dropout == 0:
+            return iter([None] * steps)
+        d = self.dims
+        device = self.attention_rnn.weight_hh.device
+        attention = torch.rand(steps, batch, d.attention_rnn_dim, device=device)
+        decoder = torch.rand(steps, batch, d.decoder_rnn_dim, device=device)
+        return zip(
+            torch.unbind(attention >= d.attention_dropout),
+            torch.unbind(decoder >= d.decoder_dropout),
+            strict=True,
         )
 
     def _step(
@@ -321,27 +379,47 @@ class Decoder(nn.Module):
         processed: Tensor,
         mask: Tensor,
         w: StepWeights,
+        keep: tuple[Tensor, Tensor] | None,
+        step_function: Callable[..., tuple[Tensor, ...]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Advance `state` by one step; returns decoder output, context and weights.
+        """Advance `state` by one step (with `step_function`, default `advance`); returns the
+        decoder output, context and attention weights."""
+        new = (step_function or self.advance)(
+            prenet_gates, tuple(state[name] for name in STATE), memory, processed, mask, w, keep
+        )
+        state.update(zip(STATE, new, strict=True))
+        return state["dec_h"], state["context"], state["weights"]
+
+    def advance(
+        self,
+        prenet_gates: Tensor,
+        state: tuple[Tensor, ...],
+        memory: Tensor,
+        processed: Tensor,
+        mask: Tensor,
+        w: StepWeights,
+        keep: tuple[Tensor, Tensor] | None,
+    ) -> tuple[Tensor, ...]:
+        """One decoder step as a pure function: the state (in `STATE` order) after it.
 
         `prenet_gates` (B, 4 * attention_rnn_dim) is the prenet's share of the
-        attention-LSTM gates, bias included.
+        attention-LSTM gates, bias included; `keep` the (B, H) dropout keep-masks of the
+        two LSTM states (None: no dropout).
         """
+        att_h, att_c, dec_h, dec_c, weights, cumulative, context = state
         d = self.dims
-        recurrent = w.attention_recurrent(torch.cat([state["context"], state["att_h"]], dim=-1))
-        att_h, state["att_c"] = lstm_pointwise(prenet_gates + recurrent, state["att_c"])
-        state["att_h"] = F.dropout(att_h, d.attention_dropout, self.training)
-        weights_cat = torch.stack([state["weights"], state["cumulative"]], dim=1)  # (B, 2, N)
-        state["context"], state["weights"] = self.attention(
-            state["att_h"], memory, processed, weights_cat, mask, w.location
-        )
-        state["cumulative"] = state["cumulative"] + state["weights"]
-        decoder_in = torch.cat([state["att_h"], state["context"], state["dec_h"]], dim=-1)
-        dec_h, state["dec_c"] = lstm_pointwise(
-            w.decoder(decoder_in) + w.decoder_bias, state["dec_c"]
-        )
-        state["dec_h"] = F.dropout(dec_h, d.decoder_dropout, self.training)
-        return state["dec_h"], state["context"], state["weights"]
+        recurrent = w.attention_recurrent(torch.cat([context, att_h], dim=-1))
+        att_h, att_c = lstm_pointwise(prenet_gates + recurrent, att_c)
+        if keep is not None:
+            att_h = att_h * keep[0] / (1 - d.attention_dropout)
+        weights_cat = torch.stack([weights, cumulative], dim=1)  # (B, 2, N)
+        context, weights = self.attention(att_h, memory, processed, weights_cat, mask, w.location)
+        cumulative = cumulative + weights
+        decoder_in = torch.cat([att_h, context, dec_h], dim=-1)
+        dec_h, dec_c = lstm_pointwise(w.decoder(decoder_in) + w.decoder_bias, dec_c)
+        if keep is not None:
+            dec_h = dec_h * keep[1] / (1 - d.decoder_dropout)
+        return att_h, att_c, dec_h, dec_c, weights, cumulative, context
 
     def _frames(self, projected: Tensor, r: int) -> Tensor:
         """(B, S, n_mels * r_max) -> (B, n_mels, S * r)"""

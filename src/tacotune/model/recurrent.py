@@ -22,9 +22,10 @@ from torch import Tensor
 class RecurrentLinear:
     """`x -> x W^T` for one forward pass; call `anchor` on the initial state first."""
 
-    def __init__(self, weight: Tensor) -> None:
+    def __init__(self, weight: Tensor, deferred: bool = True) -> None:
         self.weight = weight  # (out, in), already in the compute dtype
-        self.deferred = torch.is_grad_enabled() and weight.requires_grad
+        # False: plain F.linear (autograd adds the weight gradient at every step)
+        self.deferred = deferred and torch.is_grad_enabled() and weight.requires_grad
         self.inputs: list[Tensor] = []
         self.output_grads: list[Tensor] = []
 

@@ -101,7 +101,8 @@ class Tacotron2(nn.Module):
 
         Args:
             text: (B, N) symbol ids, padded with 0.
-            text_lengths: (B,)
+            text_lengths: (B,), on the device or the CPU: the encoder packs its input with
+                lengths on the CPU, so CPU lengths spare a GPU a device->host read.
             mel: (B, n_mels, T) targets; T divisible by r (and by the DDC factor).
             mel_lengths: (B,) real frames (for the style reference).
             r: frames per decoder step for this pass.
@@ -136,17 +137,19 @@ class Tacotron2(nn.Module):
         text_lengths: Tensor,
         style_mel: Tensor | None = None,
         generator: torch.Generator | None = None,
+        check_every: int = 1,
     ) -> SynthesisOutput:
         """Free-running synthesis with the final reduction factor; call after `eval()`.
 
         Each item may take at most min(max_decoder_steps, max_frames_per_char * N_i / r)
         steps, so decoding always ends, whatever the text; it also ends by its stop token
-        or after its attention held the final symbol for `end_hold_frames`.
+        or after its attention held the final symbol for `end_hold_frames`. The host
+        checks whether all items are done every `check_every` steps (same result).
         """
         r = self.final_reduction_factor
         memory, mask = self.encode(text, text_lengths, style_mel, None)
         stopping = self.stopping(text_lengths, mask)
-        out = self.decoder.infer(memory, mask, r, stopping, generator)
+        out = self.decoder.infer(memory, mask, r, stopping, generator, check_every)
         return SynthesisOutput(
             mel_postnet=self.postnet_mel(out.mel),
             alignments=out.alignments,
@@ -197,7 +200,8 @@ class Tacotron2(nn.Module):
             style = self.style_tokens(reference, memory.shape[0])  # (B, gst_dim)
             memory = torch.cat([memory, style.unsqueeze(1).expand(-1, memory.shape[1], -1)], -1)
         positions = torch.arange(text.shape[1], device=text.device)
-        return memory, positions[None, :] >= text_lengths[:, None]
+        lengths = text_lengths.to(text.device, non_blocking=True)
+        return memory, positions[None, :] >= lengths[:, None]
 
 
 def decoder_steps(frames: Tensor, r: int) -> Tensor:

@@ -7,6 +7,11 @@ optimizer update) and counted. After `max_bad_steps` bad steps in a row the loop
 rolls back to the last good checkpoint with a lower learning rate; after
 `max_rollbacks` rollbacks the next one raises `TrainingDiverged` with the history.
 Only good steps enter the running medians.
+
+The relative checks are thresholds (`Limits`) derived from the medians. A loop that
+reads the loss on the host only every few steps takes the limits once, judges the
+steps in between on the device with them (train/step.py) and later passes the same
+limits to `check`, so that host and device reach the same verdicts.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from tacotune.config.schema import SupervisionConfig
 from tacotune.errors import TacotuneError
@@ -38,6 +46,26 @@ class Verdict:
     roll_back: bool  # enough bad steps in a row: roll back now
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The largest loss and gradient norm a step may have, from the history so far."""
+
+    grad_norm: float  # the absolute ceiling, or grad_norm_factor x the median if lower
+    loss: float  # loss_spike_factor x the median loss; inf before guard_warmup steps
+    grad_median: float  # the running medians the limits came from (nan: no history yet)
+    loss_median: float
+    loss_finite_only: bool = False  # fp16: the GradScaler owns non-finite gradients
+
+    def device_verdict(self, loss: Tensor, grad_norm: Tensor) -> Tensor:
+        """() bool on the device: whether `DivergenceGuard.check` with these limits will call
+        the step bad. Compared in float64, as the host compares the same values."""
+        loss64, grad64 = loss.detach().double(), grad_norm.detach().double()
+        bad = ~torch.isfinite(loss64)
+        if not self.loss_finite_only:
+            bad = bad | ~torch.isfinite(grad64) | (grad64 > self.grad_norm) | (loss64 > self.loss)
+        return bad
+
+
 class DivergenceGuard:
     """Tracks recent healthy steps and bad-step streaks; see the module docstring."""
 
@@ -55,10 +83,30 @@ class DivergenceGuard:
         """Learning-rate multiplier after the rollbacks so far."""
         return float(self.config.rollback_lr_factor ** len(self.rollbacks))
 
-    def check(self, loss: float, grad_norm: float, loss_finite_only: bool = False) -> Verdict:
-        """Judge a step. With `loss_finite_only` (fp16: the GradScaler owns inf gradients)
-        only the loss is examined for finiteness."""
-        reason = self._problem(loss, grad_norm, loss_finite_only)
+    def limits(self, loss_finite_only: bool = False) -> Limits:
+        """The thresholds of the relative checks now; with `loss_finite_only` (fp16: the
+        GradScaler owns inf gradients) only the loss is examined for finiteness."""
+        c = self.config
+        grad_limit, loss_limit = c.grad_norm_ceiling, math.inf
+        grad_median = loss_median = math.nan
+        if len(self.losses) >= c.guard_warmup and self.losses:
+            grad_median = statistics.median(self.grad_norms)
+            loss_median = statistics.median(self.losses)
+            if grad_median > 0:
+                grad_limit = min(grad_limit, c.grad_norm_factor * grad_median)
+            if loss_median > 0:
+                loss_limit = c.loss_spike_factor * loss_median
+        return Limits(grad_limit, loss_limit, grad_median, loss_median, loss_finite_only)
+
+    def check(
+        self,
+        loss: float,
+        grad_norm: float,
+        loss_finite_only: bool = False,
+        limits: Limits | None = None,
+    ) -> Verdict:
+        """Judge a step against `limits` (default: the limits now)."""
+        reason = self._problem(loss, grad_norm, limits or self.limits(loss_finite_only))
         if not reason:
             self.consecutive_bad = 0
             self.losses.append(loss)
@@ -69,29 +117,25 @@ class DivergenceGuard:
         self.bad_since_checkpoint += 1
         return Verdict(True, reason, self.consecutive_bad >= self.config.max_bad_steps)
 
-    def _problem(self, loss: float, grad_norm: float, loss_finite_only: bool) -> str:
-        c = self.config
+    def _problem(self, loss: float, grad_norm: float, limits: Limits) -> str:
+        ceiling = self.config.grad_norm_ceiling
         if not math.isfinite(loss):
             return f"non-finite loss ({loss})"
-        if loss_finite_only:
+        if limits.loss_finite_only:
             return ""
         if not math.isfinite(grad_norm):
             return f"non-finite gradient norm ({grad_norm})"
-        if grad_norm > c.grad_norm_ceiling:
-            return f"gradient norm {grad_norm:.3g} above the ceiling {c.grad_norm_ceiling:.3g}"
-        if len(self.losses) >= c.guard_warmup:
-            grad_median = statistics.median(self.grad_norms)
-            if grad_median > 0 and grad_norm > c.grad_norm_factor * grad_median:
-                return (
-                    f"gradient norm {grad_norm:.3g} is {grad_norm / grad_median:.0f}x its "
-                    f"running median {grad_median:.3g}"
-                )
-            loss_median = statistics.median(self.losses)
-            if loss_median > 0 and loss > c.loss_spike_factor * loss_median:
-                return (
-                    f"loss {loss:.3g} is {loss / loss_median:.1f}x its running median "
-                    f"{loss_median:.3g}"
-                )
+        if grad_norm > limits.grad_norm:
+            if grad_norm > ceiling:
+                return f"gradient norm {grad_norm:.3g} above the ceiling {ceiling:.3g}"
+            median = limits.grad_median
+            return (
+                f"gradient norm {grad_norm:.3g} is {grad_norm / median:.0f}x its "
+                f"running median {median:.3g}"
+            )
+        if loss > limits.loss:
+            median = limits.loss_median
+            return f"loss {loss:.3g} is {loss / median:.1f}x its running median {median:.3g}"
         return ""
 
     def checkpoint_is_good(self) -> bool:

@@ -127,32 +127,47 @@ def _teacher_forced(
     return metrics
 
 
+FREE_RUNNING_CHECK_EVERY = 8  # on CUDA: decoder steps between host checks for "all done"
+
+
 def _free_running(
     model: Tacotron2, utterances: Sequence[Utterance], device: torch.device, seed: int
 ) -> list[Sample]:
+    """Every utterance decoded in one batch on the device; nothing moves to the host
+    inside the decoding loop except the "all done?" check, every few steps on CUDA."""
     text, lengths = pad_ids([u.ids for u in utterances])
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.infer(text.to(device), lengths.to(device), generator=generator)
+    check_every = FREE_RUNNING_CHECK_EVERY if device.type == "cuda" else 1
+    out = model.infer(
+        text.to(device), lengths.to(device), generator=generator, check_every=check_every
+    )
     r = out.reduction_factor
-    steps = (out.lengths // r).cpu()
+    mels, gates = out.mel_postnet.float().cpu(), out.gate.cpu()  # one copy each
+    alignments, frames = out.alignments.cpu(), out.lengths.cpu()
+    by_gate, at_end, hit_max = (
+        out.stopped_by_gate.cpu(),
+        out.stopped_at_end.cpu(),
+        out.hit_max_steps.cpu(),
+    )
+    steps = frames // r
     expected = torch.tensor([u.expected_frames / r for u in utterances])
-    alignment_metrics = batch_alignment_metrics(out.alignments.cpu(), steps, lengths, expected)
+    alignment_metrics = batch_alignment_metrics(alignments, steps, lengths, expected)
     samples = []
     for i, u in enumerate(utterances):
-        mel = out.mel_postnet[i, :, : int(out.lengths[i])].float().cpu()
+        mel = mels[i, :, : int(frames[i])]
         samples.append(
             Sample(
                 utterance=u,
                 mel=mel,
-                alignment=out.alignments[i, : int(steps[i]), : int(lengths[i])].cpu(),
-                gate=out.gate[i, : int(steps[i])].cpu(),
+                alignment=alignments[i, : int(steps[i]), : int(lengths[i])],
+                gate=gates[i, : int(steps[i])],
                 metrics=alignment_metrics[i],
                 voice=None
                 if u.recording is None or u.other_recording is None
                 else voice_metrics(mel, u.recording, u.other_recording),
-                stopped_by_gate=bool(out.stopped_by_gate[i]),
-                stopped_at_end=bool(out.stopped_at_end[i]),
-                hit_max_steps=bool(out.hit_max_steps[i]),
+                stopped_by_gate=bool(by_gate[i]),
+                stopped_at_end=bool(at_end[i]),
+                hit_max_steps=bool(hit_max[i]),
             )
         )
     return samples

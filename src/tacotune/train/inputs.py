@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from tacotune.config.schema import Config
 from tacotune.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
 from tacotune.data.manifest import PreparedDataset
+from tacotune.device import resolve_device
 from tacotune.errors import ConfigError, DatasetError
 from tacotune.model.tacotron2 import pad_multiple
 from tacotune.text.frontend import TextFrontend
@@ -37,34 +39,48 @@ class TrainingData:
     collate: Collate
     workers: int
     frontend: TextFrontend
+    pin_memory: bool = False  # page-locked batches (training on CUDA)
     position: Position = field(default_factory=Position)
 
     def stream(self) -> Iterator[Batch]:
-        """Batches forever, epoch after epoch, starting at `position`."""
-        while True:
-            self.sampler.set_epoch(self.position.epoch)
-            batches = self.sampler.batches()
-            if not batches:
-                raise DatasetError(
-                    "this process gets no batch: the training split has fewer "
-                    "batches than there are processes; lower train.batch_size"
-                )
-            remaining = batches[self.position.batch_in_epoch :]
-            # the loader's own generator: a DataLoader iterator otherwise draws its worker seed
-            # from the global RNG, and a resumed run would shift every dropout mask after it
-            loader_rng = torch.Generator().manual_seed(self.sampler.seed + self.position.epoch)
-            loader = DataLoader(
-                self.train_set,
-                batch_sampler=remaining,
-                collate_fn=self.collate,
-                num_workers=self.workers,
-                pin_memory=torch.cuda.is_available(),
-                generator=loader_rng,
-            )
-            for batch in loader if remaining else ():
-                self.position.batch_in_epoch += 1
-                yield batch
+        """Batches forever, epoch after epoch, starting at `position`: one DataLoader for
+        all of them, so that its worker processes start once, not at every epoch."""
+        per_epoch = len(self._epoch(self.position.epoch))
+        if self.position.batch_in_epoch >= per_epoch:
             self.position = Position(self.position.epoch + 1, 0)
+        # the loader's own generator: a DataLoader iterator otherwise draws its worker seed
+        # from the global RNG, and a resumed run would shift every dropout mask after it
+        loader_rng = torch.Generator().manual_seed(self.sampler.seed + self.position.epoch)
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=self._batches_from(self.position.epoch, self.position.batch_in_epoch),
+            collate_fn=self.collate,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,  # lets Batch.to copy without blocking the host
+            generator=loader_rng,
+        )
+        for batch in loader:
+            self.position.batch_in_epoch += 1
+            if self.position.batch_in_epoch == per_epoch:
+                self.position = Position(self.position.epoch + 1, 0)
+            yield batch
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        """This process's batches (dataset indices) of `epoch`; the same number every epoch."""
+        self.sampler.set_epoch(epoch)
+        batches = self.sampler.batches()
+        if not batches:
+            raise DatasetError(
+                "this process gets no batch: the training split has fewer "
+                "batches than there are processes; lower train.batch_size"
+            )
+        return batches
+
+    def _batches_from(self, epoch: int, skip: int) -> Iterator[list[int]]:
+        """The batch sampler of `stream`: every batch from the `skip`-th of `epoch` on."""
+        while True:
+            yield from self._epoch(epoch)[skip:]
+            epoch, skip = epoch + 1, 0
 
 
 def check_compatible(
@@ -131,6 +147,23 @@ def build_training_data(
                 other_recording=train_set[other].mel,
             )
         )
+    cuda = resolve_device(config.train.device).type == "cuda"
     return TrainingData(
-        train_set, val_batches, utterances, sampler, collate, config.train.data_workers, frontend
+        train_set,
+        val_batches,
+        utterances,
+        sampler,
+        collate,
+        loader_workers(config.train.data_workers, cuda),
+        frontend,
+        pin_memory=cuda,
     )
+
+
+def loader_workers(setting: int | Literal["auto"], cuda: bool) -> int:
+    """DataLoader worker processes for train.data_workers: "auto" is 2 on a CUDA device (the
+    host prepares the next batch while the GPU works) and 0 on the CPU (workers would take
+    cores from the training step)."""
+    if setting == "auto":
+        return 2 if cuda else 0
+    return setting

@@ -2,14 +2,16 @@
 
 1-4. environment, data, model/optimizer/supervision, run directory (session.py)
 5.   the loop: forward -> loss -> backward -> unscale -> clip -> guard -> step;
-     evaluate -> checkpoint -> early stopping
+     read the numbers -> evaluate -> checkpoint -> early stopping
 6.   the end: final event (and `last.pt` on Ctrl-C / kill, at the next step boundary)
 
 The divergence guard judges every step: bad steps are skipped, a streak of them
 rolls back to the last good checkpoint with a lower learning rate, and too many
-rollbacks end the run with TrainingDiverged. Every decision is an event in
-events.jsonl, and reaches the listeners the caller attached (alerts, TensorBoard,
-MLflow, the tuner: see tacotune.runlog).
+rollbacks end the run with TrainingDiverged. The verdict is taken on the device and a
+bad update is masked out there; the host reads the numbers every `train.sync_every`
+steps (train/readout.py), so a GPU is not stopped for a float() at every step. Every
+decision is an event in events.jsonl, and reaches the listeners the caller attached
+(alerts, TensorBoard, MLflow, the tuner: see tacotune.runlog).
 """
 
 from __future__ import annotations
@@ -20,30 +22,33 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 from rich.progress import TextColumn
 
 from tacotune import progress
 from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import override_config
 from tacotune.config.schema import Config
+from tacotune.data.dataset import Batch
 from tacotune.errors import ConfigError
-from tacotune.losses import tacotron2_loss
-from tacotune.model.tacotron2 import reduction_factor_at
+from tacotune.losses import LossTerms, tacotron2_loss
+from tacotune.model.tacotron2 import Tacotron2Output, reduction_factor_at
 from tacotune.names import Event, RunStatus, StopReason
 from tacotune.runlog import RunListener, RunLog, StopTraining
 from tacotune.signals import StopRequests
 from tacotune.supervision.guard import TrainingDiverged
+from tacotune.train.compiled import compile_decoder_steps
 from tacotune.train.evaluate import evaluate
 from tacotune.train.ranks import agree as _agree
 from tacotune.train.ranks import agree_on_interrupt as _agree_on_interrupt
 from tacotune.train.ranks import barrier as _barrier
+from tacotune.train.ranks import mean_over_ranks_on_device as _mean_over_ranks
+from tacotune.train.readout import Readout, StepRecord, masked_step, poison_non_finite
 from tacotune.train.records import write_samples
 from tacotune.train.session import Session, open_session
-from tacotune.train.setup import Environment, process_rank
+from tacotune.train.setup import process_rank
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ RESUME_OVERRIDABLE = {
     "train.keep_checkpoints",
     "train.data_workers",
     "train.threads",
+    "train.compile",
+    "train.sync_every",
+    "train.shape_bucket",
     "tracking.tensorboard",
     "tracking.log_every",
 }
@@ -91,6 +99,7 @@ def train(
     try:
         # 1-4. environment, data, model, optimizer, supervision, run directory
         session = open_session(config, prepared_dir, Path(run_dir), warm_start, checkpoint, run_log)
+        compile_decoder_steps(session.model, config.train)  # train.compile (off: eager)
     except BaseException:
         run_log.close(RunStatus.FAILED)
         raise
@@ -104,6 +113,7 @@ def _run(session: Session, stop: StopRequests) -> TrainResult:
     started = time.monotonic() - state.elapsed
     status = RunStatus.FAILED  # what the listeners hear unless the run ends well
     batches = session.data.stream()
+    readout = Readout(env.sync_every)
     stop_reason = StopReason.NONE
     bar = progress.make_progress(
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[rate]:.2f} steps/s")
@@ -119,15 +129,16 @@ def _run(session: Session, stop: StopRequests) -> TrainResult:
             )
             while not stop_reason:
                 # 5.1 forward under autocast; the loss is computed in fp32
-                batch = next(batches).to(env.device)
+                host_batch = next(batches)
+                batch = host_batch.to(env.device)
                 r = reduction_factor_at(config.model, state.step)
                 with torch.autocast(
                     env.device.type,
                     dtype=env.autocast_dtype,
                     enabled=env.autocast_dtype is not None,
                 ):
-                    out = session.wrapped(
-                        batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, r
+                    out = session.wrapped(  # text lengths from the host: no device read
+                        batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r
                     )
                 terms = tacotron2_loss(
                     out,
@@ -140,54 +151,50 @@ def _run(session: Session, stop: StopRequests) -> TrainResult:
                 )
                 # 5.2 backward -> unscale -> clip: the norm the guard sees is the real one
                 session.optimizer.zero_grad(set_to_none=True)
-                session.scaler.scale(terms.total).backward()
+                session.scaler.scale(poison_non_finite(terms.total)).backward()
                 session.scaler.unscale_(session.optimizer)
-                grad_norm = float(
-                    torch.nn.utils.clip_grad_norm_(
-                        session.model.parameters(), config.train.grad_clip
-                    )
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    session.model.parameters(), config.train.grad_clip
                 )
-                # 5.3 the guard: a bad step is skipped; a streak of them rolls back
-                loss = _mean_over_ranks(float(terms.total.detach()), env)
-                verdict = session.guard.check(
-                    loss, grad_norm, loss_finite_only=env.precision == "fp16"
-                )
-                if not verdict.bad:
-                    session.scaler.step(session.optimizer)  # (fp16: skips inf gradients itself)
+                # 5.3 the guard judges on the device: a bad step's update is masked out
+                loss = _mean_over_ranks(terms.total.detach(), env)
+                limits = session.guard.limits(loss_finite_only=env.precision == "fp16")
+                bad = limits.device_verdict(loss, grad_norm)
+                masked_step(session.optimizer, session.scaler, bad)
                 session.scaler.update()
                 session.scheduler.step()
                 state.step += 1
-                if verdict.bad or _due(state.step, config.supervision.debug_every):
-                    session.debug(verdict.reason or "periodic", out, batch, terms, grad_norm)
-                if verdict.bad:
-                    _report_bad_step(session, verdict.reason, loss, grad_norm)
-                if verdict.roll_back:
-                    record = session.roll_back(verdict.reason)
-                    run_log.event(state.step, Event.ROLLBACK, **record)
-                    continue
-                # 5.4 training scalars and progress
-                scalars = {
-                    **terms.scalars(),
-                    "grad_norm": grad_norm,
+                host_scalars = {
                     "r": float(r),
                     "learning_rate": float(session.scheduler.get_last_lr()[0]),
                 }
-                state.accumulate(scalars)
-                if state.step % config.tracking.log_every == 0:
-                    run_log.scalars(state.step, scalars)
+                readout.add(state.step, terms, loss, grad_norm, bad, limits, host_scalars)
+                # 5.4 read the numbers (every sync_every steps, and whenever they are needed):
+                # record skipped steps, roll back after a streak, training scalars, progress
                 elapsed = time.monotonic() - started
-                bar.update(
-                    task, completed=state.step, loss=scalars["total"], rate=state.step_rate(elapsed)
-                )
-                # 5.5 evaluation, checkpoints, early stopping (rank 0 decides, all ranks follow)
                 at_end = state.step >= config.train.max_steps
                 out_of_time = 0 < config.train.max_minutes * 60 <= elapsed
-                if state.step % config.train.eval_every == 0 or at_end or out_of_time:
+                evaluating = state.step % config.train.eval_every == 0 or at_end or out_of_time
+                if (
+                    readout.due(state.step)
+                    or evaluating
+                    or _due(state.step, config.supervision.debug_every)
+                    or session.guard.consecutive_bad > 0  # a run in trouble reads every step
+                ):
+                    latest = _read_steps(session, readout.read(), _Latest(out, batch, terms))
+                    if latest is None:
+                        continue  # rolled back
+                    bar.update(
+                        task, completed=state.step, loss=latest, rate=state.step_rate(elapsed)
+                    )
+                # 5.5 evaluation, checkpoints, early stopping (rank 0 decides, all ranks follow)
+                if evaluating:
                     state.elapsed = elapsed
                     stop_reason = _evaluation(session, r, elapsed)
                 _barrier(env.world_size)
                 # 5.6 stop? (a signal asks every rank; rank 0 saves and records it)
                 if _agree_on_interrupt(stop.requested is not None, env):
+                    _read_steps(session, readout.read(), _Latest(out, batch, terms))
                     raise KeyboardInterrupt(stop.requested or "another process was interrupted")
                 stop_reason = stop_reason or (
                     StopReason.MAX_STEPS
@@ -318,20 +325,59 @@ def _evaluation(session: Session, r: int, elapsed: float) -> StopReason:
     return update.stop_reason
 
 
-def _report_bad_step(session: Session, reason: str, loss: float, grad_norm: float) -> None:
+class _Latest(NamedTuple):
+    """The newest step's tensors, still alive for a debug report."""
+
+    out: Tacotron2Output
+    batch: Batch
+    terms: LossTerms
+
+
+def _read_steps(session: Session, records: list[StepRecord], latest: _Latest) -> float | None:
+    """Account for the steps just read: the guard's verdicts (the device already skipped the
+    bad ones), debug reports, a rollback, the training scalars. Returns the newest total
+    loss, or None after a rollback (the remaining steps are undone with it)."""
+    config, state, run_log, guard = session.config, session.state, session.run_log, session.guard
+    total = math.nan
+    for record in records:
+        verdict = guard.check(record.loss, record.grad_norm, limits=record.limits)
+        if verdict.bad != record.skipped:  # the same rules on the same numbers: cannot differ
+            raise RuntimeError(
+                f"step {record.step}: the device {'skipped' if record.skipped else 'applied'} "
+                f"the update but the guard says {verdict.reason or 'it was good'}"
+            )
+        if verdict.bad or _due(record.step, config.supervision.debug_every):
+            reason = verdict.reason or "periodic"
+            if record.step != state.step:  # its tensors are gone: report the newest step's
+                reason += f" (step {record.step}, read at step {state.step})"
+            session.debug(reason, latest.out, latest.batch, latest.terms, record.grad_norm)
+        if verdict.bad:
+            _report_bad_step(session, record, verdict.reason)
+        if verdict.roll_back:
+            rollback = session.roll_back(verdict.reason)
+            run_log.event(state.step, Event.ROLLBACK, **rollback)
+            return None
+        state.accumulate(record.scalars)
+        if record.step % config.tracking.log_every == 0:
+            run_log.scalars(record.step, record.scalars)
+        total = record.scalars["total"]
+    return total
+
+
+def _report_bad_step(session: Session, record: StepRecord, reason: str) -> None:
     guard = session.guard
     session.run_log.event(
-        session.state.step,
+        record.step,
         Event.STEP_SKIPPED,
         reason=reason,
-        loss=loss,
-        grad_norm=grad_norm,
+        loss=record.loss,
+        grad_norm=record.grad_norm,
         consecutive=guard.consecutive_bad,
         total=guard.bad_steps,
     )
     if guard.bad_steps <= LOGGED_BAD_STEPS or guard.bad_steps % 100 == 0:
         log.warning(
-            "step %d skipped (%s); %d bad steps so far", session.state.step, reason, guard.bad_steps
+            "step %d skipped (%s); %d bad steps so far", record.step, reason, guard.bad_steps
         )
 
 
@@ -366,12 +412,3 @@ def resume(
             f"--set train.max_steps=N (N > {step})"
         )
     return train(config, prepared_dir, run_dir, listeners=listeners, checkpoint=checkpoint)
-
-
-def _mean_over_ranks(value: float, env: Environment) -> float:
-    """The same number on every rank, so that every rank's guard reaches the same verdict."""
-    if env.world_size == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / env.world_size

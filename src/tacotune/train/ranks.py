@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from tacotune.names import StopReason
 from tacotune.train.setup import Environment
@@ -45,3 +46,13 @@ def mean_over_ranks(value: float, env: Environment) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / env.world_size
+
+
+def mean_over_ranks_on_device(value: Tensor, env: Environment) -> Tensor:
+    """`mean_over_ranks` without leaving the device: no host read (the acoustic loop reads
+    its numbers only every train.sync_every steps)."""
+    if env.world_size == 1:
+        return value
+    total = value.detach().double()
+    dist.all_reduce(total)
+    return (total / env.world_size).float()

@@ -42,7 +42,7 @@ from tacotune.errors import CheckpointError, ConfigError, DatasetError
 from tacotune.names import Event, RunStatus
 from tacotune.runlog import RunLog
 from tacotune.supervision.guard import DivergenceGuard
-from tacotune.train.inputs import Position, check_compatible
+from tacotune.train.inputs import Position, check_compatible, loader_workers
 from tacotune.train.ranks import barrier
 from tacotune.train.records import TrainState, copy_last, write_checkpoints
 from tacotune.train.setup import Environment, setup_environment
@@ -264,7 +264,8 @@ def build_vocoder_data(
     )
     sampler = BucketBatchSampler([1] * len(train_set), v.batch_size, seed, env.rank, env.world_size)
     clips = validation_clips(val_set, v.eval_utterances, config.audio) if env.is_main else []
-    return VocoderData(train_set, sampler, config.train.data_workers, clips)
+    workers = loader_workers(config.train.data_workers, env.device.type == "cuda")
+    return VocoderData(train_set, sampler, workers, clips)
 
 
 def open_vocoder_session(
