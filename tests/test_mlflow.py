@@ -250,12 +250,13 @@ def test_tracking_does_not_import_mlflow() -> None:
 
 @pytest.mark.parametrize("command", ["train", "tune", "auto"])
 def test_mlflow_uri_option_turns_tracking_on(command: str) -> None:
-    from tacotune.cli import _load, build_parser
+    from tacotune.cli import build_parser
+    from tacotune.cli.commands import config_from_args
 
     args = build_parser().parse_args(
         [command, "data", "-o", "out", "--mlflow-uri", "http://127.0.0.1:5000"]
     )
-    tracking = _load(args).tracking
+    tracking = config_from_args(args).tracking
     assert tracking.mlflow and tracking.mlflow_uri == "http://127.0.0.1:5000"
 
 

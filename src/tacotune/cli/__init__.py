@@ -1,0 +1,67 @@
+"""The `tacotune` command line: parse arguments, configure logging once, call the library.
+
+A `TacotuneError` becomes one line on stderr and exit code 1; anything else is a
+bug and keeps its traceback. `parser.py` declares the commands, `commands.py` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.logging import RichHandler
+
+from tacotune import progress
+from tacotune.cli.parser import build_parser
+from tacotune.errors import TacotuneError
+from tacotune.signals import ignore_further_interrupts, interrupt_on_sigterm
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("tacotune")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tacotune` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    interrupt_on_sigterm()  # `kill` stops like Ctrl-C (training saves a resumable last.pt)
+    _configure_logging(args.verbose)
+    progress.enable(sys.stderr.isatty() and not args.quiet)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except TacotuneError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        ignore_further_interrupts()  # a second Ctrl-C on the way out must not print a traceback
+        log.error("interrupted")
+        return 130
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Once, here: rich records on a terminal, plain one-line records anywhere else
+    (pipes, CI logs, files), so that every message stays one greppable line."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(
+            console=progress.CONSOLE,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            log_time_format="[%X]",
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
+    )
+    for noisy in ("matplotlib", "numba", "PIL", "urllib3", "pymorphy3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,341 @@
+"""The handlers of the `tacotune` subcommands: each turns parsed arguments into one library
+call (imported inside the handler, so that `tacotune text` does not load torch's training
+stack) and returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from tacotune.config import Config, dump_config, load_config
+from tacotune.errors import ConfigError, DatasetError, TextError
+
+log = logging.getLogger("tacotune")
+
+WAV_SUFFIXES = (".wav", ".flac")  # what `synthesize -o` writes (soundfile picks the format)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config that --config, --set, --mlflow-uri and --hparams describe."""
+    return load_config(args.config, overrides_from_args(args), args.hparams)
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """--set values, and what --mlflow-uri stands for."""
+    overrides = list(args.set)
+    if getattr(args, "mlflow_uri", None):
+        overrides += [f"tracking.mlflow_uri={args.mlflow_uri}", "tracking.mlflow=true"]
+    return overrides
+
+
+def cmd_text(args: argparse.Namespace) -> int:
+    from tacotune.text.frontend import TextFrontend
+
+    result = TextFrontend(config_from_args(args).text).process(args.text)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "raw": result.raw,
+                    "normalized": result.normalized,
+                    "stressed": result.stressed,
+                    "ids": list(result.ids) if result.ids else None,
+                    "stress_sources": dict(result.stress_sources),
+                    "unknown": [
+                        {
+                            "char": u.char,
+                            "codepoint": f"U+{ord(u.char):04X}",
+                            "count": u.count,
+                            "positions": list(u.positions),
+                        }
+                        for u in result.unknown
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        ids = (
+            f"{list(result.ids)} ({len(result.ids)})" if result.ids else "none: unknown characters"
+        )
+        print(f"raw:        {result.raw}")
+        print(f"normalized: {result.normalized}")
+        print(f"stressed:   {result.stressed}")
+        print(f"ids:        {ids}")
+        print(f"stress:     {dict(result.stress_sources) or '-'}")
+        print("unknown:    " + ("; ".join(u.describe() for u in result.unknown) or "none"))
+    return 1 if result.unknown else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tacotune.data.manifest import REPORT_MD
+    from tacotune.data.prepare import prepare_dataset
+    from tacotune.data.report import render_markdown
+
+    try:
+        result = prepare_dataset(
+            args.data_dir, args.output, config_from_args(args), strict=args.strict
+        )
+    except DatasetError:
+        report = Path(args.output) / REPORT_MD
+        if report.exists():  # the report of a failed run says what to fix
+            print(report.read_text(encoding="utf-8"))
+        raise
+    print(render_markdown(result.report))
+    log.info("prepared dataset written to %s", result.root)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(config_from_args(args)), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.tracking import run_listeners
+    from tacotune.train import resume, train
+
+    if args.resume:
+        if args.config or args.hparams or args.warm_start or args.mlflow_uri or args.output:
+            raise ConfigError(
+                "--resume continues RUN_DIR in place with the run's own config (its MLflow "
+                "settings included): -o, --config, --hparams, --warm-start and --mlflow-uri "
+                "cannot be given; only --set of train.max_steps-like keys"
+            )
+        run_dir = Path(args.resume)
+        config = checkpoint_config(load_checkpoint(run_dir))
+        listeners = run_listeners(config, run_dir)
+        result = resume(run_dir, args.prepared_dir, args.set, listeners=listeners)
+    else:
+        if not args.output:
+            raise ConfigError("train needs -o RUN_DIR (or --resume RUN_DIR)")
+        config, run_dir = config_from_args(args), Path(args.output)
+        result = train(
+            config,
+            args.prepared_dir,
+            run_dir,
+            warm_start=args.warm_start,
+            listeners=run_listeners(config, run_dir),
+        )
+    log.info(
+        "finished at step %d (%s); best score %.4f at step %d; run in %s",
+        result.step,
+        result.stop_reason,
+        result.best_score,
+        result.best_step,
+        result.run_dir,
+    )
+    return 0
+
+
+def cmd_vocoder_train(args: argparse.Namespace) -> int:
+    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.tracking import run_listeners
+    from tacotune.vocoder import resume_vocoder, train_vocoder
+
+    if args.resume:
+        given = (args.config, args.hparams, args.warm_start, args.from_acoustic, args.mlflow_uri)
+        if any(given) or args.output:
+            raise ConfigError(
+                "--resume continues VOC in place with the run's own config and mels: -o, "
+                "--config, --hparams, --warm-start, --from-acoustic and --mlflow-uri cannot be "
+                "given; only --set of vocoder.max_steps-like keys"
+            )
+        run_dir = Path(args.resume)
+        config = checkpoint_config(load_checkpoint(run_dir))
+        listeners = run_listeners(config, run_dir)
+        result = resume_vocoder(run_dir, args.prepared_dir, args.set, listeners=listeners)
+    else:
+        if not args.output:
+            raise ConfigError("vocoder train needs -o VOC (or --resume VOC)")
+        config, run_dir = config_from_args(args), Path(args.output)
+        result = train_vocoder(
+            config,
+            args.prepared_dir,
+            run_dir,
+            from_acoustic=args.from_acoustic,
+            warm_start=args.warm_start,
+            listeners=run_listeners(config, run_dir),
+        )
+    beat = (
+        f"it beat Griffin-Lim (eval/mcd < gl/mcd) at step {result.beat_griffin_lim_at}"
+        if result.beat_griffin_lim_at
+        else "it has not beaten Griffin-Lim yet (see gl/* in metrics.jsonl)"
+    )
+    log.info(
+        "finished at step %d (%s); best validation mel L1 %.4f at step %d; %s; run in %s",
+        result.step,
+        result.stop_reason,
+        result.best_score,
+        result.best_step,
+        beat,
+        result.run_dir,
+    )
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from tacotune.files import check_output_directory, check_output_file
+    from tacotune.synthesize import Synthesizer, check_seed, synthesize_to_files
+
+    if (args.text is None) == (args.file is None):
+        raise ConfigError("give either TEXT or --file")
+    check_seed(args.seed)
+    # every cheap check before the model loads and minutes of synthesis start
+    if args.text is not None:
+        check_output_file(Path(args.output), "-o", WAV_SUFFIXES)
+        jobs = [(args.text, Path(args.output))]
+        summary = None
+    else:
+        lines = _read_text_file(Path(args.file), "--file").splitlines()
+        out_dir = Path(args.out_dir)
+        check_output_directory(out_dir, "--out-dir")
+        jobs = [
+            (line, out_dir / f"{i:04d}.wav")
+            for i, line in enumerate((x for x in lines if x.strip()), start=1)
+        ]
+        if not jobs:
+            raise TextError(f"--file {args.file} holds no text: write one text per line")
+        summary = out_dir / "synthesis.json"
+    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
+    if args.vocoder:
+        from tacotune.vocoder import load_vocoder
+
+        synthesizer.vocoder = load_vocoder(args.vocoder, synthesizer.config.audio, args.device)
+    synthesize_to_files(synthesizer, jobs, plot=args.plot, summary_path=summary)
+    return 0
+
+
+def _read_text_file(path: Path, flag: str) -> str:
+    """A UTF-8 text file named on the command line; unreadable or not UTF-8: a TextError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TextError(f"{flag} {path}: cannot read it ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise TextError(
+            f"{flag} {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
+        ) from error
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tacotune.export import export_voice
+
+    path = export_voice(  # a --vocoder path is loaded there, checked against the voice's mels
+        args.voice, args.output, registry_root=args.registry, vocoder=args.vocoder
+    )
+    log.info("%s export written to %s (see its README.md)", args.format, path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from tacotune.registry import Registry
+    from tacotune.serve.server import run_server
+    from tacotune.serve.settings import ServerSettings, api_key_from_env
+    from tacotune.serve.voices import load_voices
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        max_input_chars=args.max_chars,
+        max_pieces=args.max_pieces,
+        max_queue=args.queue,
+        request_timeout_s=args.timeout,
+        api_key=api_key_from_env(),
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run_server(load_voices(args.voices, Registry(args.registry)), settings)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from tacotune.monitor import monitor
+
+    return monitor(
+        Path(args.run_dir), once=args.once, dashboards=args.dashboards, interval=args.interval
+    )
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tacotune.tuning import run_study
+
+    result = run_study(
+        config_from_args(args),
+        args.prepared_dir,
+        args.output,
+        trials=args.trials,
+        workers=args.workers,
+        storage=args.storage,
+        timeout=args.timeout,
+    )
+    print((Path(args.output) / "summary.md").read_text(encoding="utf-8"))
+    if result.best_trial is None:
+        log.warning("no trial completed yet: %s", result.counts)
+    else:
+        log.info("best trial %d: score %.4f", result.best_trial, result.best_value)
+    return 0
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from tacotune.auto import run_auto
+
+    explicit = args.config is not None or args.hparams is not None
+    stages = run_auto(
+        config_from_args(args)
+        if explicit
+        else None,  # None: auto chooses the preset for this machine
+        args.data_dir,
+        args.output,
+        args.budget,
+        overrides=overrides_from_args(args),
+        name=args.name,
+        workers=args.workers,
+    )
+    log.info(
+        "voice registered as %s; report: %s", stages["register"]["ref"], stages["report"]["report"]
+    )
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tacotune.registry import Registry, versions_table
+
+    registry = Registry(args.root)
+    if args.action == "list":  # the listing is the command's output: stdout
+        versions = registry.versions(args.ref)
+        if not versions:
+            registry.check_root()  # a mistyped --root is an error, not an empty table
+        Console().print(versions_table(versions))
+        return 0
+    if not args.ref:
+        raise ConfigError(f"registry {args.action} needs a reference: NAME[:VERSION]")
+    if args.action == "add":
+        source = Path(args.ref)
+        checkpoint = source / "checkpoints" / "model.pt" if source.is_dir() else source
+        version = registry.register(
+            args.name or source.name, checkpoint, source=str(source), vocoder=args.vocoder
+        )
+    elif args.action == "promote":
+        if not args.stage:
+            raise ConfigError("registry promote needs --stage candidate|production|archived")
+        version = registry.promote(args.ref, args.stage)
+    elif args.action == "export":
+        path = registry.export(args.ref, args.output)
+        log.info("exported to %s", path)
+        return 0
+    else:
+        version = registry.get(args.ref)
+    print(
+        json.dumps(
+            {**version.meta(), "directory": str(version.directory)}, indent=2, ensure_ascii=False
+        )
+    )
+    return 0
