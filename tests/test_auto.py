@@ -110,6 +110,20 @@ def test_a_model_that_is_no_voice_is_registered_as_rejected_and_fails_loudly(
     assert any("NO VOICE" in r.getMessage() for r in caplog.records)  # the alert, in the log
 
 
+def test_the_command_exits_3_when_every_stage_ran_but_the_model_is_no_voice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tacotune.auto
+    from tacotune.cli import main
+
+    def no_voice(*args: Any, **kwargs: Any) -> Any:
+        raise auto.NoVoiceError("the final model is not a voice (its voice metric is 0.96)")
+
+    monkeypatch.setattr(tacotune.auto, "run_auto", no_voice)
+    assert main(["auto", str(tmp_path), "-o", str(tmp_path / "out")]) == 3  # ./run demo reads it
+    assert "ERROR tacotune: the final model is not a voice" in capsys.readouterr().err
+
+
 def write_metrics(run_dir: Path, **values: float) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 100, **values}) + "\n")

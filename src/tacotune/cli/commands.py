@@ -14,6 +14,7 @@ from tacotune.errors import ConfigError, DatasetError, TextError
 
 log = logging.getLogger("tacotune")
 
+NO_VOICE_EXIT = 3  # `tacotune auto` ran every stage, but the model failed the quality gate
 WAV_SUFFIXES = (".wav", ".flac")  # what `synthesize -o` writes (soundfile picks the format)
 
 
@@ -283,20 +284,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
-    from tacotune.auto import run_auto
+    from tacotune.auto import NoVoiceError, run_auto
 
     explicit = args.config is not None or args.hparams is not None
-    stages = run_auto(
-        config_from_args(args)
-        if explicit
-        else None,  # None: auto chooses the preset for this machine
-        args.data_dir,
-        args.output,
-        args.budget,
-        overrides=overrides_from_args(args),
-        name=args.name,
-        workers=args.workers,
-    )
+    config = config_from_args(args) if explicit else None  # None: auto chooses the preset
+    try:
+        stages = run_auto(
+            config,
+            args.data_dir,
+            args.output,
+            args.budget,
+            overrides=overrides_from_args(args),
+            name=args.name,
+            workers=args.workers,
+        )
+    except NoVoiceError as error:  # every stage ran; the model failed the quality gate
+        log.error("%s", error)
+        return NO_VOICE_EXIT
     log.info(
         "voice registered as %s; report: %s", stages["register"]["ref"], stages["report"]["report"]
     )

@@ -152,6 +152,10 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         handlers.cmd_auto,
         "data to a registered voice: prepare, tune, train, register, report",
     )
+    auto.epilog = (
+        "exit status: 0 a voice was registered; 3 every stage ran but the model failed the "
+        "quality gate (registered as rejected, report.md says why); 1 an error"
+    )
     auto.add_argument("data_dir", help="LJSpeech, RUSLAN or path|text-list dataset directory")
     auto.add_argument("-o", "--output", required=True, help="output directory (resumable)")
     auto.add_argument(
