@@ -48,6 +48,7 @@ def laptop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plan, "detect_hardware", lambda: cpu)
     rate = throughput.StepRate(50.0, 5000.0, 40_000, "fp32")
     monkeypatch.setattr(throughput, "measure_step_rate", lambda *args, **kwargs: rate)
+    monkeypatch.setattr(throughput, "measure_evaluation_seconds", lambda *args, **kwargs: 0.0)
 
 
 def passing_gate(run_dir: Path, best_step: int, usable_ratio: float) -> dict[str, Any]:
@@ -285,3 +286,22 @@ def test_auto_trains_a_vocoder_when_the_plan_has_time_and_uses_it_if_it_wins(
     assert "**HiFi-GAN (`vocoder/`)** speaks" in report and "| Griffin-Lim |" in report
     state = json.loads((out / "auto.json").read_text())
     assert state["spent_seconds"] < state["budget_seconds"]
+
+
+def test_the_plan_counts_evaluations_in_the_rate_of_a_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """2 steps/s and a 10 s evaluation every 100 steps: 50 s of steps + 10 s of evaluation
+    per 100 steps, i.e. 1.67 steps/s for a run (auto once planned 1.69 and got 0.73)."""
+    from tacotune.train import throughput
+
+    rate = throughput.StepRate(2.0, 200.0, 40_000, "fp32")
+    monkeypatch.setattr(throughput, "measure_step_rate", lambda *args, **kwargs: rate)
+    monkeypatch.setattr(throughput, "measure_evaluation_seconds", lambda *args, **kwargs: 10.0)
+    reasons: list[str] = []
+    config = load_config("demo.yaml", ["train.eval_every=100"])
+    assert auto.run_rate(config, tmp_path, reasons) == pytest.approx(100 / 60)
+    assert reasons == [
+        "measured here: 2.00 training steps per second and 10.0 s per evaluation (every 100 "
+        "steps): 1.67 steps per second in a run"
+    ]

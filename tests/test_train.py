@@ -254,3 +254,12 @@ def test_checkpoint_copies_survive_damage_to_one_of_them(prepared: Path, tmp_pat
         assert load_checkpoint(checkpoints / name)["state"]["step"] in (3, 6), name
     with pytest.raises(CheckpointError, match="not a tacotune checkpoint or is damaged"):
         load_checkpoint(checkpoints / "last.pt")
+
+
+def test_one_evaluation_is_timed_on_the_model_a_run_starts_from(prepared: Path) -> None:
+    from tacotune.train.throughput import measure_evaluation_seconds
+
+    config = tiny_train()
+    assert 0 < measure_evaluation_seconds(config, prepared) < 60
+    with pytest.raises(ConfigError, match="no shipped base voice fits"):
+        measure_evaluation_seconds(tiny_train("train.warm_start=base"), prepared)

@@ -149,11 +149,13 @@ def run_auto(
     overrides: Sequence[str] = (),
     name: str | None = None,
     workers: int = 1,
+    from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Every stage in order, skipping the ones already done; returns the stages' facts.
 
     `config` None lets the plan choose the preset for this machine and data (with
-    `overrides` applied to it); a config given explicitly is used as it is. Raises
+    `overrides` applied to it); a config given explicitly is used as it is. Every model
+    starts from the shipped base voice that fits it, unless `from_scratch`. Raises
     NoVoiceError at the end when the final model fails the quality gate.
     """
     out = Path(out_dir).resolve()
@@ -161,7 +163,15 @@ def run_auto(
     state = AutoState.load(out, budget_minutes)
     name = name or Path(data_dir).resolve().name
     base = config if config is not None else load_config(None, overrides)
-    job = AutoJob(out, name, state, base, explicit=config is not None, overrides=overrides)
+    job = AutoJob(
+        out,
+        name,
+        state,
+        base,
+        explicit=config is not None,
+        overrides=overrides,
+        from_scratch=from_scratch,
+    )
     stages: list[tuple[AutoStage, Callable[[dict[str, Any]], None]]] = [
         (AutoStage.PREPARE, lambda f: _prepare(job, Path(data_dir), f)),
         (AutoStage.PLAN, lambda f: _plan(job, f)),
@@ -196,6 +206,7 @@ class AutoJob:
     base: Config  # the explicit config, or the defaults with the overrides
     explicit: bool  # --config was given: it wins over the plan's preset
     overrides: Sequence[str]
+    from_scratch: bool = False  # --from-scratch: random weights even where a base voice fits
 
     @property
     def mlflow_uri(self) -> str:
@@ -212,6 +223,7 @@ class AutoJob:
         config = apply(config, {"tracking.mlflow_uri": self.mlflow_uri})
         if plan is None:
             return config
+        config = apply(config, {"train.warm_start": plan.get("warm_start", "")})
         return planned_config(config, Plan.from_facts(plan))
 
 
@@ -228,9 +240,14 @@ def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
 
 
 def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
-    from tacotune.auto.plan import choose_preset, detect_hardware, make_plan, plan_vocoder
+    from tacotune.auto.plan import (
+        choose_preset,
+        choose_start,
+        detect_hardware,
+        make_plan,
+        plan_vocoder,
+    )
     from tacotune.auto.vocoder import measure_vocoder_rate
-    from tacotune.train.throughput import measure_step_rate
 
     hardware = detect_hardware()
     hours = job.state.done(AutoStage.PREPARE)["hours"]
@@ -242,19 +259,39 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         preset, why = choose_preset(hardware, hours)
         config = load_config(f"{preset}.yaml", job.overrides)
         reasons.append(f"model: {why}")
-    rate = measure_step_rate(config, job.out / "prepared").steps_per_second
-    reasons.append(f"measured here: {rate:.2f} training steps per second")
+    start, why = choose_start(config, job.from_scratch)
+    reasons.append(why)
+    rate = run_rate(apply(config, {"train.warm_start": start}), job.out / "prepared", reasons)
     minutes = (job.state.left - RESERVE_SECONDS) / 60
     vocoder_rate = measure_vocoder_rate(config) if hardware.gpu else 0.0
     vocoder_minutes, why = plan_vocoder(hardware, minutes, vocoder_rate)
     reasons.append(why)
     plan = make_plan(config, preset, rate, minutes - vocoder_minutes, reasons)
     plan = dataclasses.replace(
-        plan, vocoder_minutes=vocoder_minutes, vocoder_steps_per_second=vocoder_rate
+        plan,
+        vocoder_minutes=vocoder_minutes,
+        vocoder_steps_per_second=vocoder_rate,
+        warm_start=start,
     )
     for reason in plan.reasons:
         log.info("auto plan: %s", reason)
     facts.update(dataclasses.asdict(plan), hardware=dataclasses.asdict(hardware))
+
+
+def run_rate(config: Config, prepared: Path, reasons: list[str]) -> float:
+    """Steps per second of a whole run here: training steps and the evaluations between
+    them (every train.eval_every steps), both measured on the prepared data."""
+    from tacotune.train.throughput import measure_evaluation_seconds, measure_step_rate
+
+    rate = measure_step_rate(config, prepared).steps_per_second
+    evaluation = measure_evaluation_seconds(config, prepared)
+    every = config.train.eval_every
+    overall = 1 / (1 / rate + evaluation / every)
+    reasons.append(
+        f"measured here: {rate:.2f} training steps per second and {evaluation:.1f} s per "
+        f"evaluation (every {every} steps): {overall:.2f} steps per second in a run"
+    )
+    return overall
 
 
 def _tune(job: AutoJob, workers: int, facts: dict[str, Any]) -> None:
@@ -303,7 +340,10 @@ def _train(job: AutoJob, facts: dict[str, Any]) -> None:
     else:
         start = _best_trial_weights(job.out, tuned["best_trial"])
         if start is None and not tuned["skipped"]:
-            log.warning("auto: no trial completed; the final model starts from scratch")
+            log.warning(
+                "auto: no trial completed; the final model starts from %s",
+                settings.train.warm_start or "random weights",
+            )
         result = train(settings, job.out / "prepared", final, warm_start=start, listeners=listeners)
     facts.update(
         step=result.step,

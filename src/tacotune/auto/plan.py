@@ -93,6 +93,7 @@ class Plan:
     reasons: tuple[str, ...]
     vocoder_minutes: float = 0.0  # the neural vocoder's training after the final model; 0: none
     vocoder_steps_per_second: float = 0.0  # the vocoder's rate the plan assumes
+    warm_start: str = ""  # every model's train.warm_start (a base voice's name); "": random
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
@@ -108,6 +109,7 @@ class Plan:
             reasons=tuple(facts["reasons"]),
             vocoder_minutes=float(facts.get("vocoder_minutes", 0.0)),  # older auto.json: none
             vocoder_steps_per_second=float(facts.get("vocoder_steps_per_second", 0.0)),
+            warm_start=str(facts.get("warm_start", "")),  # older auto.json: from scratch
         )
 
 
@@ -129,6 +131,25 @@ def choose_preset(hardware: Hardware, hours: float) -> tuple[str, str]:
             f"paper-size model (it needs about {PAPER_SIZE_HOURS:.0f} h)"
         )
     return "base", f"the paper-size model (base.yaml) on {hardware.describe()} with {hours:.1f} h"
+
+
+def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
+    """What the models start from (a value of train.warm_start) and why: the config's own
+    train.warm_start, else the shipped base voice that fits the model, else random weights."""
+    from tacotune.voices import base_voices, matching_base
+
+    if from_scratch:
+        return "", "start: random weights (--from-scratch)"
+    if config.train.warm_start:
+        return config.train.warm_start, f"start: {config.train.warm_start} (train.warm_start)"
+    voice = matching_base(config)
+    if voice is None:
+        shipped = "; ".join(f"{v.name}: {v.matches(config)}" for v in base_voices())
+        return "", f"start: random weights, no shipped base voice fits this model ({shipped})"
+    return voice.name, (
+        f"start: the base voice {voice.name} ({voice.summary}); fine-tuning it is far faster "
+        "than training from random weights (--from-scratch opts out)"
+    )
 
 
 def plan_vocoder(hardware: Hardware, minutes: float, rate: float) -> tuple[float, str]:

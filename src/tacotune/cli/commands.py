@@ -5,6 +5,7 @@ stack) and returns the exit code."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -115,13 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.output:
             raise ConfigError("train needs -o RUN_DIR (or --resume RUN_DIR)")
         config, run_dir = config_from_args(args), Path(args.output)
-        result = train(
-            config,
-            args.prepared_dir,
-            run_dir,
-            warm_start=args.warm_start,
-            listeners=run_listeners(config, run_dir),
-        )
+        if args.warm_start:  # recorded in the run's config.yaml: where its weights came from
+            config = config.replace(
+                train=dataclasses.replace(config.train, warm_start=args.warm_start)
+            ).validate()
+        result = train(config, args.prepared_dir, run_dir, listeners=run_listeners(config, run_dir))
     log.info(
         "finished at step %d (%s); best score %.4f at step %d; run in %s",
         result.step,
@@ -297,6 +296,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
             overrides=overrides_from_args(args),
             name=args.name,
             workers=args.workers,
+            from_scratch=args.from_scratch,
         )
     except NoVoiceError as error:  # every stage ran; the model failed the quality gate
         log.error("%s", error)

@@ -60,7 +60,9 @@ def _add_data_and_training_commands(
     tr.add_argument(
         "--warm-start",
         metavar="CKPT",
-        help="initialize from another model; layers whose shape differs are skipped",
+        help="initialize from another model: 'base' (the shipped base voice that fits the "
+        "config), a base voice's name, or a checkpoint/run; layers whose shape differs are "
+        "skipped",
     )
     _config_arguments(tr)
     _mlflow_argument(tr)
@@ -163,6 +165,12 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     auto.add_argument("--name", help="registry name of the voice (default: the data dir name)")
     auto.add_argument("--workers", type=int, default=1, help="tuning worker processes")
+    auto.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="random initial weights; by default every model fine-tunes the shipped base "
+        "voice that fits it (tacotune/voices)",
+    )
     _config_arguments(auto)
     _mlflow_argument(auto)
 

@@ -124,6 +124,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global norm of the UNSCALED gradients
     max_steps: int = 100000  # optimizer steps before training ends
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    warm_start: str = ""  # start a new run from these weights: "base" (the shipped base voice
+    # that fits this model, tacotune/voices), a base voice's name, or a checkpoint path; "":
+    # random initialization. Ignored on --resume (the run's own weights win)
     eval_every: int = 500  # steps between evaluations (and checkpoints)
     keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"  # tf32: fp32 tensors,
@@ -296,6 +299,9 @@ class VocoderConfig:
     mel_weight: float = 45.0  # lambda_mel: weight of the mel-spectrogram L1 loss
     max_steps: int = 2_500_000  # optimizer steps (the paper trains V1 for 2.5M)
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    warm_start: str = ""  # start a new run from these weights: "base" (the shipped base voice
+    # that fits this model, tacotune/voices), a base voice's name, or a checkpoint path; "":
+    # random initialization. Ignored on --resume (the run's own weights win)
     eval_every: int = 1000  # steps between validations (and checkpoints), on whole utterances
     checkpoint_every: int = 5000  # steps between checkpoints besides those of the validations
     eval_utterances: int = 4  # validation utterances vocoded (and Griffin-Lim'd) per validation

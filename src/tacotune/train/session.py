@@ -46,6 +46,7 @@ from tacotune.train.setup import (
     make_scheduler,
     setup_environment,
 )
+from tacotune.voices import resolve_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,11 @@ def open_session(
     run_log: RunLog,
 ) -> Session:
     """Steps 1-4 of training: environment, data, model and optimizer, run directory."""
+    source = warm_start if warm_start is not None else (config.train.warm_start or None)
     if checkpoint is None:
         check_new_run_dir(run_dir)
+    # a name that is no base voice, a base that does not fit: refused before any work
+    start = resolve_warm_start(source, config) if checkpoint is None and source else None
     # 1. environment: threads, device, processes, precision, seeds
     env = setup_environment(config.train)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,8 +261,9 @@ def open_session(
     skipped: list[str] = []
     if checkpoint is not None:
         session.restore(checkpoint)
-    elif warm_start is not None:
-        merged, skipped = warm_start_state(model, load_checkpoint(warm_start)["model"])
+    elif start is not None:  # base voices are stored in fp16: back to the model's fp32
+        weights = {k: v.float() for k, v in load_checkpoint(start[0])["model"].items()}
+        merged, skipped = warm_start_state(model, weights)
         model.load_state_dict(merged)
     # 4. run directory: resolved config, a first rollback target, the "started" event
     if env.is_main:
@@ -273,6 +278,8 @@ def open_session(
             precision=env.precision,
             parameters=sum(p.numel() for p in model.parameters()),
             dataset=prepared.fingerprint,
+            warm_start=str(start[0]) if start is not None else None,
+            base_voice=start[1].name if start is not None and start[1] is not None else None,
             warm_start_skipped=skipped,
         )
     for line in skipped:

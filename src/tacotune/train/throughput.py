@@ -102,6 +102,31 @@ def measure_step_rate(
     )
 
 
+def measure_evaluation_seconds(config: Config, prepared_dir: str | Path) -> float:
+    """Wall seconds of one evaluation (validation losses, free-running decodes of the
+    validation utterances, the voice metric) of the model a run starts from: the weights of
+    `train.warm_start` if set (a base voice decodes to its stop token), else random weights
+    (which decode to the step limit: the slowest evaluation a run has)."""
+    from tacotune.checkpoint import load_checkpoint, warm_start_state
+    from tacotune.model.tacotron2 import reduction_factor_at
+    from tacotune.train.evaluate import evaluate
+    from tacotune.voices import resolve_warm_start
+
+    env = setup_environment(config.train)
+    data = build_training_data(load_prepared(prepared_dir), config, 0, 1)
+    model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels)
+    if config.train.warm_start:
+        path, _ = resolve_warm_start(config.train.warm_start, config)
+        weights = {k: v.float() for k, v in load_checkpoint(path)["model"].items()}
+        model.load_state_dict(warm_start_state(model, weights)[0])
+    model.to(env.device)
+    started = time.perf_counter()
+    r = reduction_factor_at(config.model, 0)
+    evaluate(model, data.val_batches, data.utterances, config, 0, r, env.device)
+    _synchronize(env.device)
+    return time.perf_counter() - started
+
+
 def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
