@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from tacotune.checkpoint import INFERENCE_KEYS, load_checkpoint, save_checkpoint
+from tacotune.files import file_sha256
 from tacotune.runlog import read_jsonl
-from tacotune.voices import MANIFEST, file_sha256
+from tacotune.voices import MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOICES_DIR = REPO_ROOT / "src" / "tacotune" / "voices"

@@ -82,7 +82,9 @@ def test_a_built_wheel_installed_elsewhere_finds_its_presets(tmp_path: Path) -> 
     )  # fmt: skip
     with zipfile.ZipFile(wheel) as archive:
         presets = {n for n in archive.namelist() if n.startswith("tacotune/configs/")}
+        voices = {n for n in archive.namelist() if n.startswith("tacotune/voices/")}
     assert {"tacotune/configs/base.yaml", "tacotune/configs/demo.yaml"} <= presets
+    assert {f"tacotune/voices/{n}" for n in ("voices.json", "ru-base-small.pt")} <= voices
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
          "--target", str(site), str(wheel)],
@@ -102,3 +104,10 @@ def test_a_built_wheel_installed_elsewhere_finds_its_presets(tmp_path: Path) -> 
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "reduction_factor: 4" in shown.stdout
+    # the base voice is found, and is the file its sha256 names, inside the installed wheel
+    probe = "from tacotune.voices import base_voices; print(base_voices()[0].verified_path())"
+    base = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert base.returncode == 0, base.stderr[-2000:]
+    assert base.stdout.strip().startswith(str(site)), base.stdout

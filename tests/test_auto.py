@@ -305,3 +305,29 @@ def test_the_plan_counts_evaluations_in_the_rate_of_a_run(
         "measured here: 2.00 training steps per second and 10.0 s per evaluation (every 100 "
         "steps): 1.67 steps per second in a run"
     ]
+
+
+def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tacotune.auto
+    from tacotune.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return {"register": {"ref": "voice:1"}, "report": {"report": "report.md"}}
+
+    monkeypatch.setattr(tacotune.auto, "run_auto", fake)
+    assert main(["auto", str(tmp_path), "-o", str(tmp_path / "out"), "--from-scratch"]) == 0
+    assert seen["from_scratch"] is True
+    # every stage after the plan trains from what the plan chose
+    state = auto.AutoState(tmp_path / "auto.json", 600.0)
+    facts = {"preset": "demo", "steps_per_second": 1.0, "trials": 0, "trial_minutes": 0.0}
+    facts |= {"tune_minutes": 0.0, "final_minutes": 9.0, "tuned": [], "reasons": []}
+    state.stages["plan"] = {**facts, "warm_start": "ru-base-small"}
+    job = auto.AutoJob(tmp_path, "voice", state, load_config(None), False, ())
+    assert job.config().train.warm_start == "ru-base-small"
+    state.stages["plan"] = {**facts, "warm_start": ""}
+    assert job.config().train.warm_start == ""

@@ -16,9 +16,10 @@ from tacotune.checkpoint import checkpoint_config, load_checkpoint, warm_start_s
 from tacotune.cli import main
 from tacotune.config import load_config
 from tacotune.errors import CheckpointError, ConfigError
+from tacotune.files import file_sha256
 from tacotune.model.tacotron2 import Tacotron2
 from tacotune.text.symbols import SYMBOLS
-from tacotune.voices import BaseVoice, base_voices, file_sha256, matching_base, resolve_warm_start
+from tacotune.voices import BaseVoice, base_voices, matching_base, resolve_warm_start
 
 NAME = "ru-base-small"
 
@@ -53,14 +54,21 @@ def test_base_names_the_shipped_voice_that_fits_the_config() -> None:
     loose = ["model.prenet_dropout=0.3", "model.max_decoder_steps=50", "audio.trim_top_db=30"]
     assert matching_base(load_config("demo.yaml", loose)) == shipped()
     assert matching_base(load_config(None)) is None  # the paper size has no base yet
+    # a schedule that ends at r=4 but starts higher needs a larger output layer: no fit
+    schedule = load_config("demo.yaml", ["model.reduction_schedule=[[0, 6], [500, 4]]"])
+    assert "decoder.projection" in shipped().matches(schedule)
 
 
 def test_a_base_that_does_not_fit_is_refused_with_what_differs() -> None:
     with pytest.raises(
-        ConfigError, match=r"no shipped base voice fits.*embedding_dim 128 \(base\) vs 512"
+        ConfigError,
+        match=r"no shipped base voice fits.*memory_layer.weight \(64, 256\) \(base\) vs "
+        r"\(128, 512\).*and 66 more tensors",
     ):
         resolve_warm_start("base", load_config(None))
-    with pytest.raises(ConfigError, match=r"ru-base-small: its weights do not fit.*n_mels 80"):
+    with pytest.raises(
+        ConfigError, match=r"ru-base-small: its weights do not fit.*audio.n_mels 80 \(base\) vs 64"
+    ):
         resolve_warm_start(NAME, load_config("demo.yaml", ["audio.n_mels=64"]))
 
 

@@ -13,7 +13,6 @@ voice's own name (`ru-base-small`) picks it explicitly; anything else is a check
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,28 +20,17 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import torch
+
+from tacotune.config.load import config_from_dict
 from tacotune.config.schema import Config
 from tacotune.errors import CheckpointError, ConfigError
+from tacotune.files import file_sha256
 
 log = logging.getLogger(__name__)
 
 ANY_BASE = "base"  # the shipped base voice that matches the config
 MANIFEST = "voices.json"
-# ModelConfig fields that do not change a tensor's shape (inference limits, dropout rates)
-_SHAPELESS = frozenset(
-    {
-        "encoder_dropout",
-        "attention_dropout",
-        "prenet_dropout",
-        "decoder_dropout",
-        "postnet_dropout",
-        "reduction_schedule",
-        "max_decoder_steps",
-        "max_frames_per_char",
-        "gate_threshold",
-        "end_hold_frames",
-    }
-)
 # AudioConfig fields that do not change what a mel frame means
 _MEL_FREE = frozenset({"trim_silence", "trim_top_db", "griffin_lim_iters", "griffin_lim_power"})
 
@@ -72,8 +60,12 @@ class BaseVoice:
     def matches(self, config: Config) -> str:
         """What differs between this voice's weights and `config`, in words; the empty
         string when they fit (same tensor shapes, same mels)."""
-        differences = _differences(self.model, dataclasses.asdict(config.model), _SHAPELESS)
-        differences += _differences(self.audio, dataclasses.asdict(config.audio), _MEL_FREE)
+        own = config_from_dict({"model": self.model, "audio": self.audio})
+        differences = _differences(
+            dataclasses.asdict(own.audio), dataclasses.asdict(config.audio), _MEL_FREE
+        )
+        if not differences:  # (the mel bins are part of the tensor shapes below)
+            differences = _shape_differences(own, config)
         return ", ".join(differences)
 
     def verified_path(self) -> Path:
@@ -98,26 +90,31 @@ def _differences(
 ) -> list[str]:
     keys = sorted((set(shipped) | set(wanted)) - free)
     return [
-        f"{key} {shipped.get(key)!r} (base) vs {_plain(wanted.get(key))!r} (config)"
+        f"audio.{key} {shipped.get(key)!r} (base) vs {wanted.get(key)!r} (config)"
         for key in keys
-        if _plain(shipped.get(key)) != _plain(wanted.get(key))
+        if shipped.get(key) != wanted.get(key)
     ]
 
 
-def _plain(value: object) -> object:
-    """Tuples as lists, so a JSON value compares equal to a dataclass field."""
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
+def _shape_differences(base: Config, config: Config) -> list[str]:
+    """The tensors a warm start could not copy (missing on one side or of another shape),
+    from models built on the meta device (no memory, no initialization work)."""
+    shipped, wanted = _tensor_shapes(base), _tensor_shapes(config)
+    found = [
+        f"{name} {shipped.get(name)} (base) vs {wanted.get(name)} (config)"
+        for name in sorted(set(shipped) | set(wanted))
+        if shipped.get(name) != wanted.get(name)
+    ]
+    return found[:3] + ([f"and {len(found) - 3} more tensors"] if len(found) > 3 else [])
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _tensor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    from tacotune.model.tacotron2 import Tacotron2
+    from tacotune.text.symbols import SYMBOLS
+
+    with torch.device("meta"):
+        model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 @cache
@@ -170,7 +167,6 @@ __all__ = [
     "ANY_BASE",
     "BaseVoice",
     "base_voices",
-    "file_sha256",
     "matching_base",
     "resolve_warm_start",
 ]
