@@ -143,7 +143,8 @@ def model_card(
         "mels": f"{audio['sample_rate']} Hz, {audio['n_mels']} bins, hop {audio['hop_length']} "
         "(a corpus at another rate is resampled by `prepare`)",
         "text": f"tacotune's symbol table, stress `{payload['text_frontend']['stress']}`",
-        "steps": f"{best['step']} (the run's best score), batch 16, one CPU thread",
+        "steps": f"{best['step']} (the run's best score), batch 16, one CPU thread, "
+        f"{best.get('time/train_seconds', 0.0) / 60:.0f} minutes of training",
         "voice metric": f"{best['free/mcd_ratio']:.3f} on its own validation utterances "
         "(MCD ratio: 0 = the recording, 1 = chance)",
         "attention": f"diagonality {best.get('free/diagonality', float('nan')):.2f}, end "
