@@ -120,6 +120,26 @@ def test_train_warm_start_base_starts_from_the_base_and_records_it(
         assert torch.allclose(trained[name], base[name].float(), atol=1e-6), name
 
 
+def test_train_from_random_weights_says_that_a_base_voice_fits(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    code = main(
+        ["train", str(prepared), "-o", str(run), "--config", "demo.yaml",
+         "--set", "text.stress=off", "--set", "train.max_steps=1", "--set", "train.eval_every=1",
+         "--set", "model.max_decoder_steps=20", "--set", "tracking.tensorboard=false",
+         "--set", "supervision.free_running_val_utterances=1",
+         "--set", "train.probe_sentences=['мама мыла раму.']"]
+    )  # fmt: skip
+    assert code == 0
+    hint = (
+        "training from random weights; the shipped base voice ru-base-small fits this model: "
+        "--warm-start base fine-tunes it and speaks far sooner"
+    )
+    assert capsys.readouterr().err.count(hint) == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["warm_start"] == ""
+
+
 def test_train_warm_start_refuses_an_unknown_name_before_any_work(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -120,6 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = config.replace(
                 train=dataclasses.replace(config.train, warm_start=args.warm_start)
             ).validate()
+        elif not config.train.warm_start:
+            _hint_base_voice(config)
         result = train(config, args.prepared_dir, run_dir, listeners=run_listeners(config, run_dir))
     log.info(
         "finished at step %d (%s); best score %.4f at step %d; run in %s",
@@ -280,6 +282,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         log.info("best trial %d: score %.4f", result.best_trial, result.best_value)
     return 0
+
+
+def _hint_base_voice(config: Config) -> None:
+    """Say so when a run starts from random weights although a shipped base voice fits."""
+    from tacotune.voices import matching_base
+
+    voice = matching_base(config)
+    if voice is not None:
+        log.info(
+            "training from random weights; the shipped base voice %s fits this model: "
+            "--warm-start base fine-tunes it and speaks far sooner",
+            voice.name,
+        )
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
