@@ -24,6 +24,17 @@ from tacotune.voices import BaseVoice, base_voices, matching_base, resolve_warm_
 NAME = "ru-base-small"
 
 
+def demo_step(prepared: Path, run: Path) -> list[str]:
+    """`tacotune train` arguments for one step of the demo-size model, evaluated at once."""
+    return [
+        "train", str(prepared), "-o", str(run), "--config", "demo.yaml",
+        "--set", "text.stress=off", "--set", "train.max_steps=1", "--set", "train.eval_every=1",
+        "--set", "model.max_decoder_steps=20", "--set", "tracking.tensorboard=false",
+        "--set", "supervision.free_running_val_utterances=1",
+        "--set", "train.probe_sentences=['мама мыла раму.']",
+    ]  # fmt: skip
+
+
 def shipped() -> BaseVoice:
     (voice,) = [v for v in base_voices() if v.name == NAME]
     return voice
@@ -98,11 +109,7 @@ def test_train_warm_start_base_starts_from_the_base_and_records_it(
 ) -> None:
     run = tmp_path / "run"
     code = main(
-        ["train", str(prepared), "-o", str(run), "--config", "demo.yaml", "--warm-start", "base",
-         "--set", "text.stress=off", "--set", "train.max_steps=1", "--set", "train.eval_every=1",
-         "--set", "model.max_decoder_steps=20", "--set", "tracking.tensorboard=false",
-         "--set", "supervision.free_running_val_utterances=1",
-         "--set", "train.probe_sentences=['мама мыла раму.']",
+        [*demo_step(prepared, run), "--warm-start", "base",
          "--set", "train.learning_rate=1e-12", "--set", "train.min_learning_rate=1e-12"]
     )  # fmt: skip
     assert code == 0
@@ -124,13 +131,7 @@ def test_train_from_random_weights_says_that_a_base_voice_fits(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    code = main(
-        ["train", str(prepared), "-o", str(run), "--config", "demo.yaml",
-         "--set", "text.stress=off", "--set", "train.max_steps=1", "--set", "train.eval_every=1",
-         "--set", "model.max_decoder_steps=20", "--set", "tracking.tensorboard=false",
-         "--set", "supervision.free_running_val_utterances=1",
-         "--set", "train.probe_sentences=['мама мыла раму.']"]
-    )  # fmt: skip
+    code = main(demo_step(prepared, run))
     assert code == 0
     hint = (
         "training from random weights; the shipped base voice ru-base-small fits this model: "

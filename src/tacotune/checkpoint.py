@@ -201,7 +201,8 @@ def warm_start_state(
     model: torch.nn.Module, source: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Merge `source` weights into the model's state, skipping missing or differently shaped
-    tensors; returns the merged state and a description of every skipped tensor."""
+    tensors, each copied in the model's dtype (base voices are stored in fp16); returns the
+    merged state and a description of every skipped tensor."""
     target = model.state_dict()
     skipped = []
     for name, tensor in target.items():
@@ -213,7 +214,7 @@ def warm_start_state(
                 f"{tuple(tensor.shape)} here"
             )
         else:
-            target[name] = source[name]
+            target[name] = source[name].to(tensor.dtype)
     return target, skipped
 
 

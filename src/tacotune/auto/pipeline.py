@@ -246,6 +246,7 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         detect_hardware,
         make_plan,
         plan_vocoder,
+        run_rate,
     )
     from tacotune.auto.vocoder import measure_vocoder_rate
 
@@ -276,22 +277,6 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
     for reason in plan.reasons:
         log.info("auto plan: %s", reason)
     facts.update(dataclasses.asdict(plan), hardware=dataclasses.asdict(hardware))
-
-
-def run_rate(config: Config, prepared: Path, reasons: list[str]) -> float:
-    """Steps per second of a whole run here: training steps and the evaluations between
-    them (every train.eval_every steps), both measured on the prepared data."""
-    from tacotune.train.throughput import measure_evaluation_seconds, measure_step_rate
-
-    rate = measure_step_rate(config, prepared).steps_per_second
-    evaluation = measure_evaluation_seconds(config, prepared)
-    every = config.train.eval_every
-    overall = 1 / (1 / rate + evaluation / every)
-    reasons.append(
-        f"measured here: {rate:.2f} training steps per second and {evaluation:.1f} s per "
-        f"evaluation (every {every} steps): {overall:.2f} steps per second in a run"
-    )
-    return overall
 
 
 def _tune(job: AutoJob, workers: int, facts: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,7 +137,7 @@ def choose_preset(hardware: Hardware, hours: float) -> tuple[str, str]:
 def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
     """What the models start from (a value of train.warm_start) and why: the config's own
     train.warm_start, else the shipped base voice that fits the model, else random weights."""
-    from tacotune.voices import base_voices, matching_base
+    from tacotune.voices import matching_base, misfits
 
     if from_scratch:
         return "", "start: random weights (--from-scratch)"
@@ -144,8 +145,10 @@ def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
         return config.train.warm_start, f"start: {config.train.warm_start} (train.warm_start)"
     voice = matching_base(config)
     if voice is None:
-        shipped = "; ".join(f"{v.name}: {v.matches(config)}" for v in base_voices())
-        return "", f"start: random weights, no shipped base voice fits this model ({shipped})"
+        return (
+            "",
+            f"start: random weights, no shipped base voice fits this model ({misfits(config)})",
+        )
     return voice.name, (
         f"start: the base voice {voice.name} ({voice.summary}); fine-tuning it is far faster "
         "than training from random weights (--from-scratch opts out)"
@@ -175,6 +178,22 @@ def plan_vocoder(hardware: Hardware, minutes: float, rate: float) -> tuple[float
         f"{rate:.2f} steps/s) on the final model's teacher-forced mels, and speaks only if it "
         "beats Griffin-Lim on the validation utterances"
     )
+
+
+def run_rate(config: Config, prepared: Path, reasons: list[str]) -> float:
+    """Steps per second of a whole run here: training steps and the evaluations between
+    them (every train.eval_every steps), both measured on the prepared data."""
+    from tacotune.train.throughput import measure_evaluation_seconds, measure_step_rate
+
+    rate = measure_step_rate(config, prepared).steps_per_second
+    evaluation = measure_evaluation_seconds(config, prepared)
+    every = config.train.eval_every
+    overall = 1 / (1 / rate + evaluation / every)
+    reasons.append(
+        f"measured here: {rate:.2f} training steps per second and {evaluation:.1f} s per "
+        f"evaluation (every {every} steps): {overall:.2f} steps per second in a run"
+    )
+    return overall
 
 
 def make_plan(config: Config, preset: str, rate: float, minutes: float, reasons: list[str]) -> Plan:

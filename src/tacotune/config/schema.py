@@ -299,9 +299,6 @@ class VocoderConfig:
     mel_weight: float = 45.0  # lambda_mel: weight of the mel-spectrogram L1 loss
     max_steps: int = 2_500_000  # optimizer steps (the paper trains V1 for 2.5M)
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
-    warm_start: str = ""  # start a new run from these weights: "base" (the shipped base voice
-    # that fits this model, tacotune/voices), a base voice's name, or a checkpoint path; "":
-    # random initialization. Ignored on --resume (the run's own weights win)
     eval_every: int = 1000  # steps between validations (and checkpoints), on whole utterances
     checkpoint_every: int = 5000  # steps between checkpoints besides those of the validations
     eval_utterances: int = 4  # validation utterances vocoded (and Griffin-Lim'd) per validation

@@ -261,9 +261,8 @@ def open_session(
     skipped: list[str] = []
     if checkpoint is not None:
         session.restore(checkpoint)
-    elif start is not None:  # base voices are stored in fp16: back to the model's fp32
-        weights = {k: v.float() for k, v in load_checkpoint(start[0])["model"].items()}
-        merged, skipped = warm_start_state(model, weights)
+    elif start is not None:
+        merged, skipped = warm_start_state(model, load_checkpoint(start.path)["model"])
         model.load_state_dict(merged)
     # 4. run directory: resolved config, a first rollback target, the "started" event
     if env.is_main:
@@ -278,8 +277,8 @@ def open_session(
             precision=env.precision,
             parameters=sum(p.numel() for p in model.parameters()),
             dataset=prepared.fingerprint,
-            warm_start=str(start[0]) if start is not None else None,
-            base_voice=start[1].name if start is not None and start[1] is not None else None,
+            warm_start=str(start.path) if start is not None else None,
+            base_voice=start.voice.name if start is not None and start.voice else None,
             warm_start_skipped=skipped,
         )
     for line in skipped:

@@ -116,9 +116,8 @@ def measure_evaluation_seconds(config: Config, prepared_dir: str | Path) -> floa
     data = build_training_data(load_prepared(prepared_dir), config, 0, 1)
     model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels)
     if config.train.warm_start:
-        path, _ = resolve_warm_start(config.train.warm_start, config)
-        weights = {k: v.float() for k, v in load_checkpoint(path)["model"].items()}
-        model.load_state_dict(warm_start_state(model, weights)[0])
+        path = resolve_warm_start(config.train.warm_start, config).path
+        model.load_state_dict(warm_start_state(model, load_checkpoint(path)["model"])[0])
     model.to(env.device)
     started = time.perf_counter()
     r = reduction_factor_at(config.model, 0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -130,26 +131,38 @@ def matching_base(config: Config) -> BaseVoice | None:
     return next((voice for voice in base_voices() if not voice.matches(config)), None)
 
 
-def resolve_warm_start(value: str | Path, config: Config) -> tuple[Path, BaseVoice | None]:
+def misfits(config: Config) -> str:
+    """Why no shipped base voice fits `config`, voice by voice."""
+    return "; ".join(f"{voice.name}: {voice.matches(config)}" for voice in base_voices())
+
+
+class WarmStart(NamedTuple):
+    """What a warm start reads."""
+
+    path: Path  # the checkpoint (a base voice's verified file, or the user's path)
+    voice: BaseVoice | None  # the base voice, if it is one
+
+
+def resolve_warm_start(value: str | Path, config: Config) -> WarmStart:
     """The checkpoint a warm start reads: a base voice (`base` or its name, checked against
-    its sha256 and against `config`) or a path; and the base voice, if it is one."""
+    its sha256 and against `config`) or a path."""
     name = str(value)
     voices = {voice.name: voice for voice in base_voices()}
     if name == ANY_BASE:
         voice = matching_base(config)
         if voice is None:
             raise ConfigError(
-                "--warm-start base: no shipped base voice fits this config ("
-                + "; ".join(f"{v.name}: {v.matches(config)}" for v in voices.values())
-                + "); train from scratch, or use a config with a base voice's sizes "
-                "(demo.yaml for ru-base-small)"
+                f"--warm-start base: no shipped base voice fits this config ({misfits(config)}); "
+                "train from scratch, or use a config with a base voice's sizes (demo.yaml for "
+                "ru-base-small)"
             )
     elif name in voices:
         voice = voices[name]
-        if voice.matches(config):
+        differences = voice.matches(config)
+        if differences:
             raise ConfigError(
-                f"--warm-start {name}: its weights do not fit this config "
-                f"({voice.matches(config)}); use its sizes, or another base"
+                f"--warm-start {name}: its weights do not fit this config ({differences}); "
+                "use its sizes, or another base"
             )
     else:
         path = Path(value)
@@ -158,15 +171,17 @@ def resolve_warm_start(value: str | Path, config: Config) -> tuple[Path, BaseVoi
                 f"--warm-start {name!r}: no such checkpoint file or run directory, and no base "
                 f"voice of that name (shipped: {', '.join([ANY_BASE, *voices])})"
             )
-        return path, None
+        return WarmStart(path, None)
     log.info("warm start from the base voice %s: %s", voice.name, voice.summary)
-    return voice.verified_path(), voice
+    return WarmStart(voice.verified_path(), voice)
 
 
 __all__ = [
     "ANY_BASE",
     "BaseVoice",
+    "WarmStart",
     "base_voices",
     "matching_base",
+    "misfits",
     "resolve_warm_start",
 ]
