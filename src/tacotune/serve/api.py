@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from tacotune.serve.audio import DEFAULT_FORMAT
 from tacotune.serve.runner import RenderedPiece
 
 
@@ -47,20 +48,36 @@ class ApiError(Exception):
         }
 
 
-class SpeechRequest(BaseModel):
-    """POST /v1/audio/speech, the OpenAI speech API's request."""
+class VoiceId(BaseModel):
+    """OpenAI's custom voice reference, ``{"id": "voice_1234"}``: the id is a voice name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="the voice to speak with (GET /v1/voices lists them)")
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech, the OpenAI speech API's request (app.py resolves the voice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="tts-1, tts-1-hd, gpt-4o-mini-tts..., or a voice's name")
     input: str = Field(description="Russian text; stress marks such as зам+ок are honoured")
-    voice: str | None = Field(
-        default=None, description="accepted for OpenAI clients and ignored: `model` is the voice"
+    voice: str | VoiceId | None = Field(
+        default=None,
+        description="a voice (GET /v1/voices), an alias, or an OpenAI voice such as alloy "
+        "(the default voice); ignored when `model` names a voice",
     )
-    instructions: str | None = Field(default=None, description="not supported: must be empty")
-    response_format: str = Field(default="wav", description="wav (streamed), flac or pcm")
-    speed: float = Field(default=1.0, description="tempo, 0.5-2.0")
-    stream_format: str | None = Field(default=None, description="'audio' only")
+    instructions: str | None = Field(
+        default=None, description="accepted and ignored (X-Tacotune-Instructions: ignored)"
+    )
+    response_format: str = Field(
+        default=DEFAULT_FORMAT, description="mp3, opus, aac, flac, wav or pcm (24 kHz)"
+    )
+    speed: float = Field(default=1.0, description="tempo, 0.25-4.0")
+    stream_format: str | None = Field(
+        default=None, description="'audio' (wav then streams too) or 'sse' (OpenAI's events)"
+    )
 
 
 class SynthesizeRequest(BaseModel):
@@ -70,8 +87,8 @@ class SynthesizeRequest(BaseModel):
 
     voice: str = Field(description="the voice to speak with (GET /v1/voices lists them)")
     text: str = Field(description="Russian text; stress marks such as зам+ок are honoured")
-    format: str = Field(default="wav", description="wav, flac or pcm (of each audio field)")
-    speed: float = Field(default=1.0, description="tempo, 0.5-2.0")
+    format: str = Field(default="wav", description="as response_format (of each audio field)")
+    speed: float = Field(default=1.0, description="tempo, 0.25-4.0")
     stream: bool = Field(default=False, description="NDJSON, one line per piece as it is ready")
     alignment: bool = Field(default=False, description="add each piece's attention matrix")
 

@@ -1,34 +1,21 @@
-"""One log line and the metrics of every request, request-scoped cleanup, a body limit.
+"""Requests refused before the app reads them: a body over the limit, a Host not ours.
 
-A pure ASGI middleware wraps the whole exchange, a streamed body included, so its
-`finally` runs once per request however it ends: finished, failed, cut at its deadline
-or abandoned by the client. Handlers put what they learn into the request's
-`RequestRecord` (voice, characters, audio seconds, compute) and register cleanups
-(the queue slot's release) there.
-
-Logged: method, path (never the query string), status, voice, characters, audio seconds,
-real-time factor, time to first audio, total time. Headers (the API key) never are.
+(The life of a request, from its deadline to its log line, is lifetime.py's.)
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tacotune.errors import short_repr
 from tacotune.serve.api import ApiError
-from tacotune.serve.metrics import ServerMetrics
-from tacotune.serve.runner import RenderedPiece
-
-log = logging.getLogger("tacotune.serve")
-
-RECORD_KEY = "tacotune.record"
+from tacotune.serve.settings import ANY_HOST, API_KEY_ENV
 
 
 class BodyLimit:
@@ -81,91 +68,50 @@ class BodyLimit:
         await JSONResponse(error.body(), error.status)(scope, receive, send)
 
 
-class StreamCut(Exception):
-    """A streamed response stopped before its end (deadline); the connection is dropped
-    so that the client sees an incomplete response instead of a short file."""
+class HostCheck:
+    """ASGI middleware of a server without an API key: it answers only requests whose Host
+    names it (DNS rebinding: a web page whose name the attacker points at 127.0.0.1 could
+    otherwise drive a keyless loopback server from the user's browser).
 
+    Accepted: localhost, any IP address (a page cannot make a browser send an address
+    for its own name), the name the server was bound to, and the `--allow-host` names;
+    a request without Host (HTTP/1.0, never a browser's) too. Anything else is a 400."""
 
-@dataclass
-class RequestRecord:
-    """What one request did, filled in by its handler."""
-
-    started: float  # time.perf_counter() at arrival
-    voice: str | None = None
-    chars: int = 0
-    audio_s: float = 0.0
-    compute_s: float = 0.0
-    first_audio_s: float | None = None
-    note: str = ""  # why it ended early, if it did
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
-
-    def add(self, piece: RenderedPiece) -> None:
-        """Count a piece that is about to be sent."""
-        self.audio_s += piece.seconds
-        self.compute_s += piece.compute_s
-        if self.first_audio_s is None:
-            self.first_audio_s = time.perf_counter() - self.started
-
-    @property
-    def rtf(self) -> float | None:
-        """Compute seconds per audio second, once there is audio."""
-        return self.compute_s / self.audio_s if self.audio_s > 0 else None
-
-
-def record_of(request: Request) -> RequestRecord:
-    """The record of the request being handled."""
-    record: RequestRecord = request.scope[RECORD_KEY]
-    return record
-
-
-class ObserveRequests:
-    """ASGI middleware: a RequestRecord per HTTP request, then cleanup, log line, metrics."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(self, app: ASGIApp, names: Iterable[str]) -> None:
         self.app = app
-        self.metrics = metrics
+        self.names = {_normal(name) for name in [*names, "localhost"]}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        host = Headers(scope=scope).get("host") if scope["type"] == "http" else None
+        if host is None or self.allows(host):
             await self.app(scope, receive, send)
             return
-        record = RequestRecord(time.perf_counter())
-        scope[RECORD_KEY] = record
-        status = 500  # unless the app starts a response
+        error = ApiError(
+            400,
+            f"this server does not answer to the host {short_repr(host)}: without an API key "
+            "it answers only localhost, IP addresses and the names given with --allow-host "
+            f"(a guard against DNS rebinding); add --allow-host NAME or set {API_KEY_ENV}",
+            code="host_not_allowed",
+        )
+        await JSONResponse(error.body(), error.status)(scope, receive, send)
 
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+    def allows(self, host: str) -> bool:
+        """Whether a Host header (name or address, maybe with a port) is one of ours."""
+        if ANY_HOST in self.names:
+            return True
         try:
-            await self.app(scope, receive, observed_send)
-        except StreamCut as cut:  # swallowed: uvicorn drops the unfinished response
-            record.note = str(cut)
-        finally:
-            for release in record.cleanup:
-                release()
-            self._account(scope, record, status)
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:  # e.g. an unclosed [ of an IPv6 address
+            return False
+        if not name:
+            return False
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return _normal(name) in self.names
+        return True
 
-    def _account(self, scope: Scope, record: RequestRecord, status: int) -> None:
-        total = time.perf_counter() - record.started
-        route: Any = scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        shown_status = f"{status} cut" if record.note else str(status)
-        self.metrics.requests.labels(endpoint, shown_status).inc()
-        self.metrics.latency.labels(endpoint).observe(total)
-        parts = [scope["method"], scope["path"], shown_status]
-        if record.voice is not None:
-            parts += [f"voice={record.voice}", f"chars={record.chars}"]
-            if record.rtf is not None:
-                parts += [f"audio={record.audio_s:.2f}s", f"rtf={record.rtf:.3f}"]
-                self.metrics.rtf.labels(record.voice).observe(record.rtf)
-                self.metrics.audio_seconds.labels(record.voice).inc(record.audio_s)
-            if record.first_audio_s is not None:
-                parts.append(f"first_audio={record.first_audio_s:.3f}s")
-                self.metrics.first_audio.labels(record.voice).observe(record.first_audio_s)
-        parts.append(f"total={total:.3f}s")
-        if record.note:
-            parts.append(f"({record.note})")
-        log.info("%s", " ".join(parts))
+
+def _normal(name: str) -> str:
+    """A host name as compared: lower case, no final dot (the root of DNS)."""
+    return name.lower().removesuffix(".")

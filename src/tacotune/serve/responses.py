@@ -2,18 +2,21 @@
 
 What a client gets:
 
-- POST /v1/audio/speech, wav: a chunked response; the first chunk is a 44-byte wav header
-  whose sizes read 0xFFFFFFFF (length unknown, like OpenAI's) followed by the first piece,
-  then one chunk per piece (16-bit mono PCM) as it is synthesized. pcm: the same without
-  the header, at 24 kHz like OpenAI's. flac: one whole file once every piece is done.
+- POST /v1/audio/speech: mp3, opus, aac and pcm are sent piece by piece as each is
+  synthesized (encoded as they come: audio.py), flac whole once every piece is done. wav
+  is whole, with exact sizes, unless the request asks for a stream (stream_format) and
+  the text has several pieces: then its header's sizes read 0xFFFFFFFF (unknown), as
+  OpenAI's streamed wav. With stream_format "sse" the same bytes come base64 in OpenAI's
+  events, `data: {"type": "speech.audio.delta", "audio": ...}` per chunk, then
+  `data: {"type": "speech.audio.done", "usage": {...}}`.
 - POST /v1/synthesize: one JSON object with the whole file in base64, or with "stream":
   true NDJSON, one line per piece as it is ready (its own audio file in base64), then a
   final "done" line with totals and timing.
 
 The first piece is synthesized before the status line is sent, so every error that can
-be known (text, limits, a deadline passed while waiting) is a proper error status. A
-deadline that passes later drops a wav/pcm connection (the client sees an incomplete
-response, not a short file) and ends an NDJSON stream with an "error" line.
+be known (text, limits, a deadline passed while waiting) is a proper error status. What a
+deadline that passes later does (a dropped audio connection; the NDJSON or SSE "error"
+line registered here as the record's trailer) is lifetime.py's.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tacotune.serve.api import ApiError, SynthesizeRequest, describe_piece
-from tacotune.serve.audio import MEDIA_TYPES, encode, streaming_wav_header, to_pcm16
-from tacotune.serve.middleware import RequestRecord, StreamCut
+from tacotune.serve.audio import MEDIA_TYPES, WHOLE_ONLY, encode, encoder
+from tacotune.serve.lifetime import RequestRecord
 from tacotune.serve.runner import Chunk, RenderedPiece
-from tacotune.serve.settings import ServerSettings
 from tacotune.serve.voices import Voice
 
 NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -50,48 +53,93 @@ class Prepared:
     pieces: AsyncGenerator[RenderedPiece, None]  # SynthesisRunner.render, not started
 
 
-def timeout_error(settings: ServerSettings) -> ApiError:
-    """504: the request did not finish within its time."""
-    return ApiError(
-        504,
-        f"synthesis did not finish within {settings.request_timeout_s:g} s (the server's "
-        "per-request limit); send shorter text or retry when the server is less busy",
-        code="timeout",
-    )
-
-
 async def audio_response(
-    prepared: Prepared, fmt: str, record: RequestRecord, settings: ServerSettings
+    prepared: Prepared,
+    fmt: str,
+    stream_format: str | None,
+    record: RequestRecord,
+    headers: dict[str, str],
 ) -> Response:
-    """The OpenAI endpoint's answer: streamed wav/pcm, or a whole flac."""
-    headers = {"X-Sample-Rate": str(prepared.rate), "X-Pieces": str(len(prepared.chunks))}
-    if fmt == "flac":
-        pieces = await _all_pieces(prepared, record, settings)
+    """The OpenAI endpoint's answer (see the module docstring for which format streams)."""
+    headers = {
+        **headers,
+        "X-Sample-Rate": str(prepared.rate),
+        "X-Pieces": str(len(prepared.chunks)),
+    }
+    several = len(prepared.chunks) > 1
+    whole = fmt in WHOLE_ONLY or (fmt == "wav" and not (stream_format and several))
+    if whole and stream_format != "sse":
+        pieces = await _all_pieces(prepared, record)
         samples = np.concatenate([p.samples for p in pieces])
         data = await asyncio.to_thread(encode, samples, prepared.rate, fmt)
         return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
-    first = await _first_piece(prepared, record, settings)
-    head = streaming_wav_header(prepared.rate) if fmt == "wav" else b""
+    frames = [0]  # spectrogram frames decoded so far: SSE's usage
+    first = await _first_piece(prepared, record)
+    chunks = _encoded(prepared, fmt, whole, record, first, frames)
+    if stream_format == "sse":
+        record.trailer = _error_event
+        events = _events(chunks, prepared, frames)
+        return StreamingResponse(events, media_type=SSE, headers=headers)
+    return StreamingResponse(chunks, media_type=MEDIA_TYPES[fmt], headers=headers)
 
-    async def body() -> AsyncIterator[bytes]:
-        yield head + to_pcm16(first.samples)
-        async with aclosing(prepared.pieces) as rest:
-            try:
-                async for piece in rest:
-                    record.add(piece)
-                    yield to_pcm16(piece.samples)
-            except TimeoutError as error:
-                raise StreamCut(_cut_note(record, settings)) from error
 
-    return StreamingResponse(body(), media_type=MEDIA_TYPES[fmt], headers=headers)
+async def _encoded(
+    prepared: Prepared,
+    fmt: str,
+    whole: bool,
+    record: RequestRecord,
+    first: RenderedPiece,
+    frames: list[int],
+) -> AsyncGenerator[bytes, None]:
+    """The response's bytes as each piece is encoded (the first is already rendered);
+    `frames[0]` counts the pieces' spectrogram frames."""
+    coder = encoder(fmt, prepared.rate, whole)
+    frames[0] += first.piece.mel.shape[-1]
+    yield await asyncio.to_thread(coder.feed, first.samples)
+    async with aclosing(prepared.pieces) as rest:
+        async for piece in rest:
+            record.add(piece)
+            frames[0] += piece.piece.mel.shape[-1]
+            data = await asyncio.to_thread(coder.feed, piece.samples)
+            if data:
+                yield data
+    yield await asyncio.to_thread(coder.finish)
+
+
+async def _events(
+    chunks: AsyncGenerator[bytes, None], prepared: Prepared, frames: list[int]
+) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: a delta per chunk of audio, then done with the usage
+    (input: symbols of the pieces' model input; output: spectrogram frames)."""
+    async with aclosing(chunks):
+        async for data in chunks:
+            if data:
+                audio = base64.b64encode(data).decode("ascii")
+                yield _event({"type": "speech.audio.delta", "audio": audio})
+    symbols = sum(len(ids) for _, ids in prepared.chunks)
+    usage = {
+        "input_tokens": symbols,
+        "output_tokens": frames[0],
+        "total_tokens": symbols + frames[0],
+    }
+    yield _event({"type": "speech.audio.done", "usage": usage})
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _error_event(note: str) -> bytes:
+    """The last event of an SSE stream cut by its deadline."""
+    return _event({"type": "error", **ApiError(504, note, code="timeout").body()})
 
 
 async def synthesize_response(
-    prepared: Prepared, request: SynthesizeRequest, record: RequestRecord, settings: ServerSettings
+    prepared: Prepared, request: SynthesizeRequest, record: RequestRecord
 ) -> Response:
     """tacotune's answer: JSON with the whole audio, or NDJSON piece by piece."""
     if not request.stream:
-        pieces = await _all_pieces(prepared, record, settings)
+        pieces = await _all_pieces(prepared, record)
         samples = np.concatenate([p.samples for p in pieces])
         data = await asyncio.to_thread(encode, samples, prepared.rate, request.format)
         return JSONResponse(
@@ -101,47 +149,38 @@ async def synthesize_response(
                 "pieces": [describe_piece(p, request.alignment) for p in pieces],
             }
         )
-    first = await _first_piece(prepared, record, settings)
+    first = await _first_piece(prepared, record)
 
     async def lines() -> AsyncIterator[bytes]:
         done = [first]
         yield _line(_piece_line(first, prepared, request))
         async with aclosing(prepared.pieces) as rest:
-            try:
-                async for piece in rest:
-                    record.add(piece)
-                    done.append(piece)
-                    yield _line(_piece_line(piece, prepared, request))
-            except TimeoutError:
-                record.note = _cut_note(record, settings)
-                yield _line({"type": "error", **ApiError(504, record.note).body()})
-                return
+            async for piece in rest:
+                record.add(piece)
+                done.append(piece)
+                yield _line(_piece_line(piece, prepared, request))
         yield _line({"type": "done", **_summary(prepared, request, record, done)})
 
+    record.trailer = _error_line
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
-async def _first_piece(
-    prepared: Prepared, record: RequestRecord, settings: ServerSettings
-) -> RenderedPiece:
-    try:
-        first = await anext(prepared.pieces)
-    except TimeoutError as error:
-        raise timeout_error(settings) from error
+def _error_line(note: str) -> bytes:
+    """The last line of an NDJSON stream cut by its deadline."""
+    return _line({"type": "error", **ApiError(504, note, code="timeout").body()})
+
+
+async def _first_piece(prepared: Prepared, record: RequestRecord) -> RenderedPiece:
+    first = await anext(prepared.pieces)
     record.add(first)
     return first
 
 
-async def _all_pieces(
-    prepared: Prepared, record: RequestRecord, settings: ServerSettings
-) -> list[RenderedPiece]:
+async def _all_pieces(prepared: Prepared, record: RequestRecord) -> list[RenderedPiece]:
     pieces = []
-    try:
-        async for piece in prepared.pieces:
-            record.add(piece)
-            pieces.append(piece)
-    except TimeoutError as error:
-        raise timeout_error(settings) from error
+    async for piece in prepared.pieces:
+        record.add(piece)
+        pieces.append(piece)
     return pieces
 
 
@@ -178,13 +217,6 @@ def _summary(
             "rtf": round(record.rtf or 0.0, 4),
         },
     }
-
-
-def _cut_note(record: RequestRecord, settings: ServerSettings) -> str:
-    return (
-        f"the per-request limit of {settings.request_timeout_s:g} s passed after "
-        f"{record.audio_s:.2f} s of audio; the rest was not synthesized"
-    )
 
 
 def _line(data: dict[str, Any]) -> bytes:

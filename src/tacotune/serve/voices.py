@@ -20,7 +20,7 @@ from tacotune.export.bundle import MANIFEST
 from tacotune.registry import NAME_PATTERN, ModelVersion, Registry
 from tacotune.synthesize import Piece, Synthesizer
 from tacotune.text.frontend import TextFrontend
-from tacotune.vocoder import Vocoder
+from tacotune.vocoder.griffin_lim import Vocoder
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def load_voice(spec: str, registry: Registry, device: str = "cpu") -> Voice:
     vocoder = _registered_vocoder(version, device)
     engine: SpeechEngine
     if (checkpoint / MANIFEST).is_file():  # an ONNX export: the same API, onnxruntime inside
-        from tacotune.export import OnnxSynthesizer
+        from tacotune.export.synthesizer import OnnxSynthesizer
 
         engine = OnnxSynthesizer(checkpoint, vocoder=vocoder)
         source += " (onnxruntime)"
@@ -134,7 +134,7 @@ def _registered_vocoder(version: ModelVersion | None, device: str) -> Vocoder | 
     if version is None or path is None:
         return None
     from tacotune.config import load_config
-    from tacotune.vocoder import load_vocoder
+    from tacotune.vocoder.neural import load_vocoder
 
     audio = load_config(version.directory / "config.yaml").audio
     return load_vocoder(path, expected_audio=audio, device=device)
