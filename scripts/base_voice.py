@@ -114,6 +114,7 @@ def ship(work: Path, name: str) -> None:
             f"{totals['hours_kept']:.1f} h of {len(corpus_script.VOICES)} espeak-ng Russian "
             f"voices, {best['step']} steps, voice metric {best['free/mcd_ratio']:.2f}"
         ),
+        "license": "GPL-2.0-or-later",  # its texts' (fortunes-ru); the card says why
     }
     manifest_path.write_text(
         json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

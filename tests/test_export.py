@@ -18,15 +18,18 @@ from torch import nn
 from tacotune.audio import MelSpectrogram, griffin_lim
 from tacotune.checkpoint import checkpoint_config, save_checkpoint
 from tacotune.config import load_config
-from tacotune.export import ExportError, OnnxSynthesizer, OnnxVoice, export_voice
-from tacotune.export.bundle import FORMAT_VERSION, MANIFEST, read_manifest
+from tacotune.export.bundle import FORMAT_VERSION, MANIFEST, ExportError, read_manifest
+from tacotune.export.exporter import export_voice
 from tacotune.export.readme import PARITY_TOLERANCE
+from tacotune.export.runtime import OnnxVoice
 from tacotune.export.runtime import griffin_lim as runtime_griffin_lim
+from tacotune.export.synthesizer import OnnxSynthesizer
+from tacotune.files import OutputError
 from tacotune.model.decoder import Stopping
 from tacotune.registry import Registry, RegistryError
 from tacotune.synthesize import Piece, Synthesizer, split_text
 from tacotune.text.symbols import EOS_ID
-from tacotune.vocoder import GriffinLim
+from tacotune.vocoder.griffin_lim import GriffinLim
 from test_synthesize import untrained_payload
 
 from conftest import speechlike
@@ -257,11 +260,13 @@ def test_a_changed_file_fails_its_checksum(voice: tuple[Path, Path], tmp_path: P
 def test_export_refuses_bad_voices_and_occupied_targets(
     voice: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(ExportError, match=r"not empty"):
+    with pytest.raises(OutputError, match=r"already holds an export bundle and is not empty"):
         export_voice(voice[0], voice[1])
     with pytest.raises(ExportError, match=r"does not exist; give a \.pt"):
         export_voice(tmp_path / "missing.pt", tmp_path / "out")
-    with pytest.raises(RegistryError, match=r"registry .*registry does not exist"):
+    with pytest.raises(
+        RegistryError, match=r"no registry at .*registry: the directory does not exist"
+    ):
         export_voice("ghost:production", tmp_path / "out", registry_root=tmp_path / "registry")
     partial = {k: v for k, v in stopping_payload().items() if k != "text_frontend"}
     save_checkpoint(tmp_path / "partial.pt", partial)
@@ -291,13 +296,16 @@ def test_cli_exports_a_checkpoint_and_a_registered_voice(
     shutil.copy(voice[0], run / "checkpoints" / "best.pt")
     out = tmp_path / "cli"
     assert main(["-q", "export", str(run), "--format", "onnx", "-o", str(out)]) == 0
-    assert read_manifest(out)["source"] == str(run)
+    assert read_manifest(out)["source"] == "run"  # its name: no path of this machine
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlanguage:\n- ru\n") and "## The ONNX graphs" in card
+    assert str(tmp_path) not in card and "## License" in card
     assert OnnxSynthesizer(out, vocoder=fast_griffin_lim()).speak("кот.").audio.size > 0
     registry = Registry(tmp_path / "registry")
     registry.register("voice", voice[0])
     out = tmp_path / "registered"
     assert main(["-q", "export", "voice:1", "--registry", str(registry.root), "-o", str(out)]) == 0
-    assert "voice:1" in read_manifest(out)["source"]
+    assert read_manifest(out)["source"] == "registry voice:1"
     assert main(["-q", "export", str(voice[0]), "-o", str(out)]) == 1  # not empty
 
 

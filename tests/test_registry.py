@@ -18,6 +18,8 @@ from rich.console import Console
 
 from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.config import load_config
+from tacotune.files import OutputError
+from tacotune.names import ModelNameError
 from tacotune.registry import STAGES, ModelVersion, Registry, RegistryError, versions_table
 from tacotune.train import train
 
@@ -156,7 +158,9 @@ def test_get_resolves_every_ref_form(registry: Registry, runs: tuple[Run, Run]) 
 
 
 def test_get_errors_are_specific(registry: Registry, runs: tuple[Run, Run]) -> None:
-    with pytest.raises(RegistryError, match=r"registry .* does not exist; check --root"):
+    with pytest.raises(
+        RegistryError, match=r"no registry at .*: the directory does not exist; check --root"
+    ):
         registry.get("voice")
     registry.root.mkdir()
     with pytest.raises(RegistryError, match="holds no registry: nothing was ever registered"):
@@ -208,23 +212,25 @@ def test_export_writes_a_usable_directory(
 ) -> None:
     v1, _ = _register_two(registry, runs)
     target = registry.export("voice:1", tmp_path / "exports")
-    assert target == tmp_path / "exports" / "voice-v1"
+    assert target == tmp_path / "exports"  # into -o, as `tacotune export -o` writes
     assert sorted(p.name for p in target.iterdir()) == [
         "README.md",
         "config.yaml",
         "meta.json",
+        "metrics.json",
         "model.pt",
     ]
     assert load_checkpoint(target / "model.pt")["dataset_fingerprint"] == v1.data_fingerprint
     assert load_config(target / "config.yaml") == load_config(runs[0].directory / "config.yaml")
     assert json.loads((target / "meta.json").read_text()) == v1.meta()
-    readme = (target / "README.md").read_text(encoding="utf-8")
-    command = f'tacotune synthesize {target.resolve()}/model.pt "текст" -o out.wav'
-    assert command in readme
-    assert v1.data_fingerprint in readme and f"{v1.score:.4f}" in readme
-    with pytest.raises(RegistryError, match="voice-v1 already exists"):
+    card = (target / "README.md").read_text(encoding="utf-8")
+    assert card == (v1.directory / "README.md").read_text(encoding="utf-8")
+    assert 'tacotune synthesize model.pt "Привет! Как дела?" -o hello.wav' in card
+    assert v1.data_fingerprint in card and f"{v1.score:.4f}" in card
+    assert str(tmp_path) not in card  # no path of this machine
+    with pytest.raises(OutputError, match=r"already holds an export bundle|is not empty"):
         registry.export("voice:1", tmp_path / "exports")
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["voice-v1"]
+    assert sorted(p.name for p in target.iterdir())[0] == "README.md"  # untouched
 
 
 def test_unreadable_checkpoints_are_refused(
@@ -253,15 +259,21 @@ def test_unreadable_checkpoints_are_refused(
     assert registry.register("voice", runs[0].checkpoint).version == 1
 
 
-@pytest.mark.parametrize("name", ["", "-voice", "my voice", "голос", "a/b", "v:1", ".hidden"])
+@pytest.mark.parametrize(
+    "name", ["", "-voice", "my voice", "a/b", "v:1", ".hidden", "..", "a\x00b", "_x", "a*"]
+)
 def test_bad_names_are_refused(registry: Registry, runs: tuple[Run, Run], name: str) -> None:
-    with pytest.raises(RegistryError, match=r"is not allowed: use a letter or digit.*A-Z a-z 0-9"):
+    with pytest.raises(ModelNameError, match=r"is not allowed: use a letter or digit \(any script"):
         registry.register(name, runs[0].checkpoint)
+    with pytest.raises(ModelNameError, match=r"it has 61 characters, the most is 60"):
+        registry.register("a" * 61, runs[0].checkpoint)
+    assert registry.versions() == []
 
 
 def test_good_names_are_accepted(registry: Registry, runs: tuple[Run, Run]) -> None:
-    for name in ("Ruslan_2.0-final", "7"):
+    for name in ("Ruslan_2.0-final", "7", "голос", "anna-2", "a" * 60):
         assert registry.register(name, runs[0].checkpoint).ref == f"{name}:1"
+        assert registry.get(f"{name}:latest").directory == registry.root / name / "v1"
 
 
 def _register_worker(root: str, checkpoint: str, barrier: Any, results: Any) -> None:
@@ -333,8 +345,36 @@ def test_the_registry_command(
     assert "production" in capsys.readouterr().out
     out = tmp_path / "exports"
     assert main(["registry", "export", "voice:1", "-o", str(out), *root]) == 0
-    assert (out / "voice-v1" / "model.pt").exists()
+    assert (out / "model.pt").exists()
     # user errors: one line and exit code 1, never a traceback
     assert main(["registry", "promote", "voice:1", *root]) == 1
     assert main(["registry", "show", "voice:7", *root]) == 1
     assert main(["registry", "show", *root]) == 1
+
+
+def test_registry_add_remembers_the_run_and_writes_its_model_card(
+    runs: tuple[Run, Run], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`registry add RUN` stores what the run's files say of its best weights (score, voice
+    metric, steps) and a model card that names data, steps, metrics and license without a
+    path of this machine."""
+    from tacotune.card import run_facts
+    from tacotune.cli import main
+
+    run = runs[0].directory
+    best = run_facts(run)
+    assert best.step is not None and best.score is not None and "free/mcd_ratio" in best.metrics
+    root = ["--root", str(tmp_path / "registry")]
+    assert main(["registry", "add", str(run), "--name", "анна", *root]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["score"] == pytest.approx(best.score) and shown["steps"] == best.step
+    assert shown["metrics"]["free/mcd_ratio"] == pytest.approx(best.metrics["free/mcd_ratio"])
+    assert main(["registry", "list", *root]) == 0
+    listed = capsys.readouterr().out
+    assert "voice metric" in listed and f"{best.metrics['free/mcd_ratio']:.3f}" in listed
+    card = (Path(shown["directory"]) / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlanguage:\n- ru\nlicense: other\n")  # front matter
+    assert f"steps: {best.step} (these weights)" in card
+    assert shown["data_fingerprint"] in card and "| free/mcd_ratio |" in card
+    assert "## License" in card and "## Intended use and limits" in card
+    assert str(tmp_path) not in card and str(run) not in card

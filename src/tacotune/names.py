@@ -3,13 +3,57 @@
 A run's events.jsonl, the tuner's trial pipes, MLflow tags and `tacotune auto`'s
 auto.json are read by other modules, other processes and other programs; their names
 are spelled here once (StrEnum members compare equal to their strings, so files written
-by an earlier version still read the same).
+by an earlier version still read the same). What a voice may be named (a registry
+directory, a served model, an MLflow model) is decided here too: `check_model_name`.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from enum import StrEnum
 from typing import TypedDict
+
+from tacotune.errors import ConfigError, short_repr
+
+# A voice's name is a directory name (ROOT/NAME/) and the NAME of NAME:VERSION, so, like a
+# dataset id, it is letters and digits of any script, `_`, `.` and `-`; it starts with a
+# letter or digit (never a dot, so never `..` or hidden) and holds no `/`, `:`, space,
+# glob or control character.
+MODEL_NAME_PATTERN = re.compile(r"[^\W_][\w.-]*")
+# characters; at most 4 UTF-8 bytes each, so ROOT/NAME/ and an export's NAME-vN stay under
+# every file system's 255-byte limit on a name
+MAX_MODEL_NAME_LENGTH = 60
+_MODEL_NAME_RULE = (
+    "a letter or digit (any script) followed by letters, digits, '_', '.' or '-', "
+    f"at most {MAX_MODEL_NAME_LENGTH} characters"
+)
+
+
+class ModelNameError(ConfigError):
+    """A voice cannot have the name it was given."""
+
+
+def model_name_problem(name: str) -> str:
+    """Why `name` cannot name a voice, or "" when it can (in its composed form, NFC: a
+    folder name macOS wrote decomposed, `й` as `и` + a combining breve, is a name too)."""
+    name = unicodedata.normalize("NFC", name)
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        return f"it has {len(name)} characters, the most is {MAX_MODEL_NAME_LENGTH}"
+    if MODEL_NAME_PATTERN.fullmatch(name) is None:
+        return f"use {_MODEL_NAME_RULE}"
+    return ""
+
+
+def check_model_name(name: str) -> str:
+    """`name` composed (NFC) if it can name a voice, else ModelNameError saying why (and
+    that --name, which `registry add` and `auto` take, chooses another)."""
+    problem = model_name_problem(name)
+    if problem:
+        raise ModelNameError(
+            f"model name {short_repr(name)} is not allowed: {problem}; choose another with --name"
+        )
+    return unicodedata.normalize("NFC", name)
 
 
 class Event(StrEnum):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -26,16 +27,19 @@ import torch
 from torch import nn
 
 from tacotune.audio import GRIFFIN_LIM_MOMENTUM, LOG_CLAMP
-from tacotune.checkpoint import code_version, load_checkpoint
+from tacotune.card import CardFacts, RunFacts, model_card, payload_facts, run_facts
+from tacotune.checkpoint import best_in_run, code_version, load_checkpoint
 from tacotune.config.load import save_config
 from tacotune.config.schema import Config
 from tacotune.export.bundle import CONFIG, FRONTEND, README, ExportError, write_manifest
 from tacotune.export.graphs import OPSET, export_graphs
 from tacotune.export.readme import export_readme
+from tacotune.files import full_disk_is_an_error
 from tacotune.model.tacotron2 import Tacotron2
+from tacotune.outputs import Kind, check_output
 from tacotune.registry import Registry
-from tacotune.synthesize import best_in_run, load_voice
-from tacotune.vocoder import load_generator
+from tacotune.synthesize import load_voice
+from tacotune.vocoder.neural import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,8 @@ def export_voice(
     the runtime uses Griffin-Lim.
     """
     _require_onnx()
-    checkpoint, source, registered_vocoder = resolve_voice(voice, registry_root)
+    output = check_output(output, Kind.EXPORT)  # new or empty; a link's target (outputs.py)
+    checkpoint, source, registered_vocoder, facts = resolve_voice(voice, registry_root)
     payload = load_checkpoint(checkpoint)
     missing = [key for key in NEEDED if key not in payload]
     if missing:
@@ -71,21 +76,14 @@ def export_voice(
     vocoder = vocoder if vocoder is not None else registered_vocoder
     if isinstance(vocoder, str | Path):  # the HiFi-GAN generator, in its 1-D layout
         vocoder = load_generator(vocoder, expected_audio=config.audio)
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ExportError(
-            f"{output} already exists and is not empty; remove it or export elsewhere"
-        )
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        files = export_graphs(model, staging, vocoder)
-        frontend = json.dumps(payload["text_frontend"], ensure_ascii=False, indent=1)
-        (staging / FRONTEND).write_text(frontend + "\n", encoding="utf-8")
-        save_config(config, staging / CONFIG)
-        info = _info(config, model, source, payload, vocoder is not None)
-        (staging / README).write_text(export_readme(info, output.name), encoding="utf-8")
-        write_manifest(staging, [*files, FRONTEND, CONFIG, README], info)
+        with full_disk_is_an_error(output, _weight_bytes(model, vocoder)):
+            card = _card(output.name, payload, facts, vocoder is not None)
+            files = _write_bundle(
+                staging, output.name, config, model, vocoder, payload, source, card
+            )
         if output.exists():
             output.rmdir()  # empty, checked above
         os.rename(staging, output)
@@ -93,6 +91,33 @@ def export_voice(
         shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; else clean up
     log.info("exported %s to %s (%s)", source, output, ", ".join(files))
     return output
+
+
+def _write_bundle(
+    staging: Path,
+    name: str,
+    config: Config,
+    model: Tacotron2,
+    vocoder: nn.Module | None,
+    payload: dict[str, Any],
+    source: str,
+    card: str,
+) -> list[str]:
+    """Every file of the bundle into `staging` (to be renamed to `name`); returns the graphs.
+    README.md is the voice's model card, then how to use the graphs."""
+    files = export_graphs(model, staging, vocoder)
+    frontend = json.dumps(payload["text_frontend"], ensure_ascii=False, indent=1)
+    (staging / FRONTEND).write_text(frontend + "\n", encoding="utf-8")
+    save_config(config, staging / CONFIG)
+    info = _info(config, model, source, payload, vocoder is not None)
+    (staging / README).write_text(card + "\n" + export_readme(info, name), encoding="utf-8")
+    write_manifest(staging, [*files, FRONTEND, CONFIG, README], info)
+    return files
+
+
+def _weight_bytes(*modules: nn.Module | None) -> int:
+    """The size of the modules' weights as float32: about what their graphs take on disk."""
+    return sum(4 * p.numel() for m in modules if m is not None for p in m.parameters())
 
 
 def _require_onnx() -> None:
@@ -107,12 +132,15 @@ def _require_onnx() -> None:
 
 def resolve_voice(
     voice: str | Path, registry_root: str | Path | None
-) -> tuple[Path, str, Path | None]:
-    """The checkpoint of `voice`, a description of where it came from, and the vocoder
-    checkpoint registered with it (None: none, or not a registry reference)."""
+) -> tuple[Path, str, Path | None, RunFacts]:
+    """The checkpoint of `voice`; where it came from, without a path of this machine (a
+    run's or file's name, a registry reference); the vocoder checkpoint registered with it
+    (None: none, or not a registry reference); what its run or version says of it."""
     path = Path(voice)
     if path.exists():
-        return best_in_run(path), str(path), None
+        run = path if path.is_dir() else path.parent.parent  # RUN/checkpoints/best.pt
+        facts = run_facts(run) if (run / "events.jsonl").is_file() else RunFacts()
+        return best_in_run(path), path.resolve().name, None, facts
     if path.suffix == ".pt" or os.sep in str(voice):
         raise ExportError(
             f"voice {voice} does not exist; give a .pt checkpoint, a run directory or a "
@@ -120,7 +148,24 @@ def resolve_voice(
         )
     registry = Registry(registry_root)
     version = registry.get(str(voice))
-    return version.checkpoint, f"{version.ref} (registry {registry.root})", version.vocoder()
+    facts = RunFacts(version.steps, version.score, dict(version.metrics))
+    return version.checkpoint, f"registry {version.ref}", version.vocoder(), facts
+
+
+def _card(name: str, payload: dict[str, Any], facts: RunFacts, neural: bool) -> str:
+    """The model card of an export (tacotune/card.py); its commands run beside it."""
+    known = payload_facts(payload)
+    card = CardFacts(
+        title=name,
+        **{**known, "steps": facts.step if facts.step is not None else known["steps"]},
+        score=facts.score,
+        metrics=facts.metrics,
+        vocoder="HiFi-GAN (vocoder.onnx)" if neural else "Griffin-Lim",
+        usage=[
+            f"tacotune serve {shlex.quote(name)}   # OpenAI-style HTTP API, from the folder above"
+        ],
+    )
+    return model_card(card)
 
 
 def _info(

@@ -1,4 +1,4 @@
-"""README.md of an ONNX export directory."""
+"""README.md of an ONNX export directory, after its model card (tacotune/card.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from typing import Any
 
 PARITY_TOLERANCE = 1e-4  # max |mel_onnx - mel_torch|, fp32; tests/test_export.py checks it
 
-_TEMPLATE = """# {name}: a tacotune voice as ONNX graphs
+_TEMPLATE = """## The ONNX graphs
 
 Exported from {source} by tacotune {tacotune} ({exporter}), {created}.
 Russian Tacotron2, {sample_rate} Hz, {n_mels} log-mels, {r} frames per decoder step;
 vocoder: {vocoder}.
 
-## Use it from Python
+### Use it from Python
 
 ```python
-from tacotune.export import OnnxSynthesizer
+from tacotune.export.synthesizer import OnnxSynthesizer
 
 synthesizer = OnnxSynthesizer("{name}", threads=2)
 speech = synthesizer.speak("Привет! Как дела?")  # speech.audio: float32 at speech.sample_rate
@@ -46,7 +46,7 @@ the graphs read symbol ids. This voice's stress mode is `{stress}`{stress_note}.
 prenet dropout masks come from numpy's generator, so its output differs from the torch
 model's at the same seed (same distribution).
 
-## Files
+### Files
 
 - `encoder.onnx`: `text` (B, N) int64 symbol ids and `text_lengths` (B,) -> `memory`,
   `processed_memory` and `memory_mask` (B, N), true at padding.

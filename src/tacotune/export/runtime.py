@@ -20,24 +20,30 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tacotune.config.load import load_config
-from tacotune.config.schema import AudioConfig, Config
+from tacotune.config.load import coerce, load_config
+from tacotune.config.schema import AudioConfig, Config, TextConfig
+from tacotune.errors import ConfigError, short_repr
 from tacotune.export.bundle import (
+    BOOL,
     CARRIED_PREFIX,
     CONFIG,
     DECODER_STEP,
     ENCODER,
+    FLOAT,
     FRONTEND,
+    INT64,
+    MANIFEST,
     POSTNET,
     VOCODER,
     ExportError,
+    check_graph,
     read_manifest,
 )
 from tacotune.text.frontend import TextFrontend
 
 # (shape (layers, B, prenet_dim), keep probability) -> 0/1 float32 keep-masks of that shape
 MaskSampler = Callable[[tuple[int, ...], float], np.ndarray]
-_DTYPES = {"tensor(float)": np.float32, "tensor(bool)": np.bool_, "tensor(int64)": np.int64}
+_DTYPES = {FLOAT: np.float32, BOOL: np.bool_, INT64: np.int64}  # of the state the step carries
 
 
 def numpy_masks(seed: int) -> MaskSampler:
@@ -64,7 +70,9 @@ class Decoded(NamedTuple):
 
 
 class OnnxVoice:
-    """An export directory, checked against its manifest and loaded into onnxruntime."""
+    """An export directory, checked against its manifest (bundle.read_manifest) and loaded
+    into onnxruntime, each graph checked against what this loop feeds and reads
+    (bundle.check_graph)."""
 
     def __init__(
         self,
@@ -77,18 +85,20 @@ class OnnxVoice:
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         self.config: Config = load_config(self.directory / CONFIG)
-        state = json.loads((self.directory / FRONTEND).read_text(encoding="utf-8"))
-        self.frontend = TextFrontend.from_state(state)
+        _check_agrees(self.directory, self.manifest, self.config.audio)
+        self.frontend = _frontend(self.directory / FRONTEND)
         self.masks = masks
         model = self.manifest["model"]
         self.reduction_factor = int(model["reduction_factor"])
         self.prenet_keep = 1 - float(model["prenet_dropout"])
         self.sample_rate = self.config.audio.sample_rate
         files = self.manifest["files"]
-        self.encoder = _session(self.directory / ENCODER, threads)
-        self.step = _session(self.directory / DECODER_STEP, threads)
-        self.postnet = _session(self.directory / POSTNET, threads)
-        self.vocoder = _session(self.directory / VOCODER, threads) if VOCODER in files else None
+        self.encoder = _session(self.directory / ENCODER, threads, model)
+        self.step = _session(self.directory / DECODER_STEP, threads, model)
+        self.postnet = _session(self.directory / POSTNET, threads, model)
+        self.vocoder = (
+            _session(self.directory / VOCODER, threads, model) if VOCODER in files else None
+        )
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         self._step_outputs = [o.name for o in self.step.get_outputs()]
         self._carried = [
@@ -200,10 +210,44 @@ def griffin_lim(
     return np.asarray(samples, dtype=np.float32)
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    """An onnxruntime CPU session: sequential, `threads` intra-op threads."""
+def _check_agrees(directory: Path, manifest: dict[str, Any], audio: AudioConfig) -> None:
+    """The manifest's mel bands and sample rate are config.yaml's (the graphs are checked
+    against the manifest's)."""
+    found = (manifest["model"]["n_mels"], manifest["sample_rate"])
+    if found != (audio.n_mels, audio.sample_rate):
+        raise ExportError(
+            f"{directory / MANIFEST} says {found[0]} mel bands at {found[1]} Hz, "
+            f"{directory / CONFIG} {audio.n_mels} at {audio.sample_rate} Hz: the files are "
+            "not of one export; export the voice again with `tacotune export`"
+        )
+
+
+def _frontend(path: Path) -> TextFrontend:
+    """The text frontend of frontend.json (TextFrontend.state()); ExportError if damaged."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("symbols"), list):
+            raise TypeError(f"found {short_repr(state)}")
+        dictionary = state.get("dictionary")
+        if not isinstance(dictionary, dict) or not all(
+            isinstance(v, str) for v in dictionary.values()
+        ):
+            raise TypeError(f"dictionary is {short_repr(dictionary)}")
+        coerce({key: state.get(key) for key in ("stress", "latin")}, TextConfig, "frontend")
+        return TextFrontend.from_state(state)
+    except (OSError, ValueError, RecursionError, TypeError, ConfigError) as error:
+        raise ExportError(
+            f"{path} is not a text frontend's state ({error}); export the voice again with "
+            "`tacotune export`"
+        ) from error
+
+
+def _session(path: Path, threads: int | None, model: dict[str, Any]) -> Any:
+    """An onnxruntime CPU session (sequential, `threads` intra-op threads) of a graph whose
+    inputs and outputs are the ones this runtime uses (bundle.check_graph)."""
     try:
         import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
     except ImportError as error:
         raise ExportError(
             "running an ONNX export needs onnxruntime: pip install 'tacotune[export]' "
@@ -215,4 +259,20 @@ def _session(path: Path, threads: int | None) -> Any:
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: not every unused-initializer note
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    load_errors = (
+        ort_errors.InvalidProtobuf,
+        ort_errors.InvalidGraph,
+        ort_errors.InvalidArgument,
+        ort_errors.Fail,
+        ort_errors.NotImplemented,
+    )
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except load_errors as error:
+        reason = str(error).partition("\n")[0]
+        raise ExportError(
+            f"onnxruntime cannot load {path} ({reason}); export the voice again with "
+            "`tacotune export`"
+        ) from error
+    check_graph(path, session.get_inputs(), session.get_outputs(), model)
+    return session

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from tacotune.config.schema import Config
 from tacotune.export.runtime import MaskSampler, OnnxVoice
 from tacotune.model.tacotron2 import SynthesisOutput
-from tacotune.synthesize import Synthesizer, check_seed
-from tacotune.vocoder import GriffinLim, Vocoder
+from tacotune.synthesize import Synthesizer
+from tacotune.text.frontend import TextFrontend
+from tacotune.vocoder.griffin_lim import Vocoder
 
 
 def torch_masks(seed: int) -> MaskSampler:
@@ -60,20 +63,21 @@ class OnnxSynthesizer(Synthesizer):
         """`vocoder` None: vocoder.onnx when exported, else Griffin-Lim as `Synthesizer`;
         `threads`: onnxruntime's intra-op threads (None: every core); `masks`: the prenet
         dropout masks (default: the torch model's for the same seed)."""
-        # not Synthesizer.__init__: there is no torch model to load
-        check_seed(seed)
-        self.voice = OnnxVoice(directory, threads, masks)
-        self.config = self.voice.config
-        self.frontend = self.voice.frontend
-        self.device = torch.device("cpu")
-        self.seed = seed
-        if vocoder is None:
-            vocoder = (
-                OnnxVocoder(self.voice)
-                if self.voice.vocoder is not None
-                else GriffinLim(self.config.audio, seed)
-            )
-        self.vocoder = vocoder
+        self._threads, self._masks = threads, masks
+        super().__init__(directory, "cpu", vocoder, seed)
+
+    def _load(self, checkpoint: str | Path | dict[str, Any]) -> tuple[Config, TextFrontend]:
+        """The export directory's config and frontend; onnxruntime holds the model."""
+        if isinstance(checkpoint, dict):
+            raise TypeError("OnnxSynthesizer speaks an export directory, not a payload")
+        self.voice = OnnxVoice(checkpoint, self._threads, self._masks)
+        return self.voice.config, self.voice.frontend
+
+    def _default_vocoder(self) -> Vocoder:
+        """vocoder.onnx when the export has one, else Griffin-Lim."""
+        if self.voice.vocoder is not None:
+            return OnnxVocoder(self.voice)
+        return super()._default_vocoder()
 
     def infer(self, text: torch.Tensor, lengths: torch.Tensor) -> SynthesisOutput:
         """`Synthesizer.infer` in onnxruntime: the same outputs, as CPU tensors."""

@@ -47,6 +47,7 @@ class BaseVoice:
     model: dict[str, object]  # the ModelConfig it was trained with
     audio: dict[str, object]  # the AudioConfig of its mels
     summary: str  # one line for logs and reports
+    license: str  # SPDX id of its weights' license (that of its training data's text)
 
     @property
     def path(self) -> Path:

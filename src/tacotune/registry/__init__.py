@@ -5,16 +5,18 @@ Layout of a registry root (``./registry``, ``$TACOTUNE_REGISTRY`` or an explicit
     ROOT/.lock                 flock target: version allocation and stage changes
     ROOT/NAME/.counter         the last version number handed out (numbers never repeat)
     ROOT/NAME/vN/model.pt      a copy of the registered checkpoint
-    ROOT/NAME/vN/vocoder.pt    a copy of its neural vocoder, if registered with one (its
-                               sha256 is in meta.json and checked before every use)
+    ROOT/NAME/vN/vocoder.pt    a copy of its neural vocoder, if registered with one
     ROOT/NAME/vN/config.yaml   the resolved config stored in the checkpoint
-    ROOT/NAME/vN/metrics.json  the metrics given at registration
+    ROOT/NAME/vN/metrics.json  its metrics: the run's best evaluation (and its vocoder's)
+    ROOT/NAME/vN/README.md     its model card (tacotune/card.py)
     ROOT/NAME/vN/meta.json     every `ModelVersion` field except the directory
 
 A version directory is built in a temporary directory inside the root and renamed into
 place, so a reader never sees half a version; stage changes replace meta.json atomically.
-meta.json holds the sha256 of model.pt, and `get` checks it: a version whose checkpoint
-was damaged or replaced is an error, never a silently different voice.
+meta.json holds the sha256 of every other file of the version, and `get` (so show,
+promote, export, `tacotune export` and `serve`) checks them all (`ModelVersion.verify`,
+registry/version.py): a version with a damaged or replaced file is an error, never a
+silently different voice.
 """
 
 from __future__ import annotations
@@ -22,16 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
-import math
 import os
-import re
 import shlex
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,96 +38,40 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from tacotune.card import CardFacts, RunFacts, model_card, payload_facts, run_facts
 from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import save_config
-from tacotune.errors import CheckpointError, TacotuneError
-from tacotune.files import copy_file_atomic, file_sha256, write_json_atomic, write_text_atomic
+from tacotune.errors import CheckpointError, short_repr
+from tacotune.files import (
+    check_output_directory,
+    copy_file_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from tacotune.names import MODEL_NAME_PATTERN, check_model_name, model_name_problem
+from tacotune.registry.version import (
+    CARD_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    HASHED_FILES,
+    META_FILE,
+    METRICS_FILE,
+    STAGES,
+    VOCODER_FILE,
+    ModelVersion,
+    RegistryError,
+    checked_sha256,
+    is_number,
+    read_version,
+)
+
+__all__ = ["STAGES", "ModelVersion", "Registry", "RegistryError", "versions_table"]
 
 log = logging.getLogger(__name__)
 
-VOCODER_FILE = "vocoder.pt"
-STAGES = ("candidate", "production", "archived", "rejected")  # rejected: not a usable voice
 ENV_VAR = "TACOTUNE_REGISTRY"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_PATTERN = MODEL_NAME_PATTERN  # what a registered name may be (tacotune.names)
 _REF_FORMS = "NAME, NAME:VERSION, NAME:latest or NAME:STAGE (stages: " + ", ".join(STAGES) + ")"
-
-
-class RegistryError(TacotuneError):
-    """A registry operation cannot be done (bad name, ref, stage, checkpoint or export)."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered version of a named voice."""
-
-    name: str
-    version: int  # 1, 2, ... per name
-    stage: str  # one of STAGES
-    created: str  # ISO-8601 UTC
-    directory: Path  # ROOT/NAME/v<version>
-    score: float | None  # the run's best composite score (lower is better), if known
-    metrics: dict[str, float]  # whatever was passed at registration
-    data_fingerprint: str  # the checkpoint's "dataset_fingerprint"
-    code_version: str  # the checkpoint's "code_version"
-    source: str  # where it came from (a run directory), free text
-    sha256: str = ""  # of model.pt at registration ("" for versions registered before hashes)
-    vocoder_sha256: str = ""  # of vocoder.pt at registration; "" without a neural vocoder
-
-    @property
-    def checkpoint(self) -> Path:
-        """The registered checkpoint, ``directory / "model.pt"``."""
-        return self.directory / "model.pt"
-
-    def vocoder(self) -> Path | None:
-        """The registered vocoder checkpoint (checked against its sha256), or None for a
-        version that speaks with Griffin-Lim. RegistryError if the file was changed."""
-        if not self.vocoder_sha256:
-            return None
-        path = self.directory / VOCODER_FILE
-        try:
-            found = file_sha256(path)
-        except OSError as error:
-            raise RegistryError(
-                f"{path} of {self.ref} cannot be read ({error.strerror or error}); restore it "
-                "or register the voice again"
-            ) from error
-        if found != self.vocoder_sha256:
-            raise RegistryError(
-                f"{path} of {self.ref} was changed after registration: its sha256 is {found}, "
-                f"meta.json records {self.vocoder_sha256}; restore the file or register the "
-                "voice again"
-            )
-        return path
-
-    @property
-    def ref(self) -> str:
-        """``name:version``."""
-        return f"{self.name}:{self.version}"
-
-    def meta(self) -> dict[str, Any]:
-        """Every field except the directory, as JSON-ready data."""
-        data = dataclasses.asdict(self)
-        del data["directory"]
-        return data
-
-    def verify(self) -> None:
-        """Check that model.pt still has the sha256 recorded at registration (RegistryError
-        naming the file and both hashes if not). A version registered before hashes were
-        recorded cannot be checked: a warning says so."""
-        if not self.sha256:
-            log.warning(
-                "%s has no recorded sha256 (registered by an older tacotune): "
-                "its checkpoint is not verified",
-                self.ref,
-            )
-            return
-        found = _checked_sha256(self.checkpoint)
-        if found != self.sha256:
-            raise RegistryError(
-                f"{self.checkpoint} of {self.ref} was changed after registration: its sha256 "
-                f"is {found}, meta.json records {self.sha256}; restore the file (e.g. from "
-                f"the run in {self.source or 'its source'}) or register the voice again"
-            )
 
 
 class Registry:
@@ -150,46 +93,61 @@ class Registry:
         source: str = "",
         stage: str = "candidate",
         vocoder: str | Path | None = None,
+        run: RunFacts | None = None,
     ) -> ModelVersion:
-        """Register `checkpoint` as the next version of `name`.
+        """Register `checkpoint` as the next version of `name`, with its model card.
 
-        `score` None takes the run's best score stored in the checkpoint (if finite).
+        `run`: what the run's files say of these weights (card.run_facts): its best
+        evaluation's score, metrics and step, used where `score` and `metrics` are not
+        given. `score` None and no run: the best score stored in the checkpoint, if any.
         `vocoder`: a neural vocoder (a vocoder run directory or checkpoint) stored with it
-        as vocoder.pt; its mels must be the acoustic model's.
+        as vocoder.pt; its mels must be the acoustic model's; a vocoder run's best metrics
+        join the version's as `vocoder/...`.
         """
-        _check_name(name)
+        name = check_model_name(name)
         _check_stage(stage)
-        clean_metrics = _clean_metrics(metrics or {})
-        if score is not None and not _is_number(score):
+        run = run or RunFacts()
+        clean_metrics = _clean_metrics(run.metrics if metrics is None else metrics)
+        score = run.score if score is None else score
+        if score is not None and not is_number(score):
             raise RegistryError(f"score must be a finite number, found {score!r}")
+        check_output_directory(self.root, "--root")  # a file, read-only: one line, no work
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-register-", dir=self.root))
         try:
-            _place_checkpoint(Path(checkpoint), staging / "model.pt")
-            digest = _checked_sha256(staging / "model.pt")  # of the version's own bytes
-            payload = _load_payload(staging / "model.pt", Path(checkpoint))
-            _write_config(payload, staging / "config.yaml", Path(checkpoint))
-            vocoder_sha256 = ""
+            _place_checkpoint(Path(checkpoint), staging / CHECKPOINT_FILE)
+            payload = _load_payload(staging / CHECKPOINT_FILE, Path(checkpoint))
+            _write_config(payload, staging / CONFIG_FILE, Path(checkpoint))
             if vocoder is not None:
-                vocoder_sha256 = _place_vocoder(Path(vocoder), staging / VOCODER_FILE, payload)
-            write_json_atomic(staging / "metrics.json", clean_metrics)
+                _place_vocoder(Path(vocoder), staging / VOCODER_FILE, payload)
+                clean_metrics |= _vocoder_metrics(Path(vocoder))
+            write_json_atomic(staging / METRICS_FILE, clean_metrics)
+            facts = payload_facts(payload)
+            steps = run.step if run.step is not None else facts["steps"]
+            score = float(score) if score is not None else _payload_score(payload)
             with self._locked():
                 number = self._allocate(name)
+                card = _card(name, number, facts, score, clean_metrics, steps, vocoder)
+                write_text_atomic(staging / CARD_FILE, card)
+                hashes = {  # of the version's own bytes
+                    field: checked_sha256(staging / file) if (staging / file).exists() else ""
+                    for field, file in HASHED_FILES.items()
+                }
                 version = ModelVersion(
                     name=name,
                     version=number,
                     stage=stage,
                     created=datetime.now(UTC).isoformat(timespec="seconds"),
                     directory=self.root / name / f"v{number}",
-                    score=float(score) if score is not None else _payload_score(payload),
+                    score=score,
                     metrics=clean_metrics,
                     data_fingerprint=str(payload["dataset_fingerprint"]),
                     code_version=str(payload["code_version"]),
                     source=source,
-                    sha256=digest,
-                    vocoder_sha256=vocoder_sha256,
+                    steps=steps,
+                    **hashes,
                 )
-                write_json_atomic(staging / "meta.json", version.meta())
+                write_json_atomic(staging / META_FILE, version.meta())
                 if stage == "production":
                     self._archive_production(name, keep=None)
                 os.rename(staging, version.directory)
@@ -201,12 +159,15 @@ class Registry:
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         """Every registered version (of `name`, if given), sorted by name and version."""
         if name is not None:
-            _check_name(name)  # also keeps glob characters out of the pattern
-        metas = self.root.glob(f"{name or '*'}/v*/meta.json")
+            problem = model_name_problem(name)  # also keeps glob characters out of the pattern
+            if problem:
+                raise RegistryError(f"bad model name {short_repr(name)}: {problem}")
+            name = unicodedata.normalize("NFC", name)  # as registered (check_model_name)
+        metas = self.root.glob(f"{name or '*'}/v*/{META_FILE}")
         found = [
-            _read_version(m.parent)
+            read_version(m.parent)
             for m in metas
-            if m.parent.name[1:].isdigit() and _valid_name(m.parent.parent.name)
+            if m.parent.name[1:].isdigit() and not model_name_problem(m.parent.parent.name)
         ]
         return sorted(found, key=lambda v: (v.name, v.version))
 
@@ -215,9 +176,13 @@ class Registry:
         --root or $TACOTUNE_REGISTRY, rather than an empty registry)."""
         where = "check --root (tacotune export: --registry) or $TACOTUNE_REGISTRY"
         if not self.root.exists():
-            raise RegistryError(f"registry {self.root} does not exist; {where}")
+            raise RegistryError(
+                f"no registry at {self.root}: the directory does not exist; {where}"
+            )
         if not self.root.is_dir():
-            raise RegistryError(f"registry {self.root} is a file, not a directory; {where}")
+            raise RegistryError(
+                f"no registry at {self.root}: it is a file, not a directory; {where}"
+            )
         if not (self.root / ".lock").exists() and not self.versions():
             raise RegistryError(
                 f"{self.root} holds no registry: nothing was ever registered there "
@@ -234,8 +199,8 @@ class Registry:
 
     def _resolve(self, ref: str) -> ModelVersion:
         name, _, selector = ref.partition(":")
-        if not _valid_name(name):
-            raise RegistryError(f"bad model reference {ref!r}: expected {_REF_FORMS}")
+        if model_name_problem(name):
+            raise RegistryError(f"bad model reference {short_repr(ref)}: expected {_REF_FORMS}")
         candidates = self.versions(name)
         if not candidates:
             self.check_root()
@@ -260,7 +225,7 @@ class Registry:
                     f"{name}:VERSION --stage {selector} --root {shlex.quote(str(self.root))}`"
                 )
             return in_stage[-1]
-        raise RegistryError(f"bad model reference {ref!r}: expected {_REF_FORMS}")
+        raise RegistryError(f"bad model reference {short_repr(ref)}: expected {_REF_FORMS}")
 
     def promote(self, ref: str, stage: str) -> ModelVersion:
         """Move a version to `stage`; a new production version archives the previous one."""
@@ -275,31 +240,30 @@ class Registry:
         return updated
 
     def export(self, ref: str, out_dir: str | Path) -> Path:
-        """Write ``out_dir/<name>-v<version>/`` (model.pt, vocoder.pt if registered with one,
-        config.yaml, meta.json, README.md)."""
-        version = self.get(ref)
-        out = Path(out_dir)
-        target = out / f"{version.name}-v{version.version}"
-        if target.exists():
-            raise RegistryError(f"{target} already exists; remove it or export elsewhere")
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+        """Write the version into `out_dir`, new or empty, as `tacotune export` does:
+        model.pt, vocoder.pt if registered with one, config.yaml, metrics.json, meta.json
+        and README.md (its model card). Returns the directory written."""
+        from tacotune.outputs import Kind, check_output
+
+        out = check_output(out_dir, Kind.EXPORT)  # mine, new or empty: one line before work
+        version = self.get(ref)  # verified: a damaged file is never exported
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            copy_file_atomic(version.checkpoint, staging / "model.pt")
-            vocoder = version.vocoder()  # checked: a damaged vocoder is never exported
+            for file in (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE):
+                if (version.directory / file).exists():  # older versions: no card
+                    copy_file_atomic(version.directory / file, staging / file)
+            vocoder = version.vocoder()
             if vocoder is not None:
                 copy_file_atomic(vocoder, staging / VOCODER_FILE)
-            shutil.copy2(version.directory / "config.yaml", staging / "config.yaml")
-            write_json_atomic(staging / "meta.json", version.meta())
-            readme = export_readme(version, target.resolve())
-            (staging / "README.md").write_text(readme, encoding="utf-8")
-            if target.exists():  # appeared meanwhile; a rename would replace an empty one
-                raise RegistryError(f"export directory {target} appeared while exporting")
-            os.rename(staging, target)
+            write_json_atomic(staging / META_FILE, version.meta())
+            if out.exists():
+                out.rmdir()  # empty (check_output): the rename takes its place
+            os.rename(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("exported %s to %s", version.ref, target)
-        return target
+        log.info("exported %s to %s", version.ref, out)
+        return out
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -333,10 +297,11 @@ class Registry:
 
 
 def versions_table(versions: Sequence[ModelVersion]) -> Table:
-    """A rich table: name, version, stage, score, created (UTC, to the minute), source."""
+    """A rich table: name, version, stage, score, voice metric, steps, created (UTC, to
+    the minute), source."""
     table = Table(title="registered models")
     table.add_column("name", overflow="fold")
-    for column in ("version", "stage", "score", "created"):
+    for column in ("version", "stage", "score", "voice metric", "steps", "created"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     table.add_column("source", overflow="fold", min_width=8)
     styles = {
@@ -349,55 +314,63 @@ def versions_table(versions: Sequence[ModelVersion]) -> Table:
             str(v.version),
             Text(v.stage, style=styles.get(v.stage, "")),
             "—" if v.score is None else f"{v.score:.4f}",
+            _shown(v.metrics.get("free/mcd_ratio")),
+            "—" if v.steps is None else str(v.steps),
             v.created[:16].replace("T", " "),  # stored as 2025-01-31T12:00:00+00:00
             Text(v.source or "—"),  # Text: a path with [brackets] is not markup
         )
     return table
 
 
-def export_readme(version: ModelVersion, directory: Path) -> str:
-    """README.md of an exported version (`directory` is where it will live)."""
-    command = f'tacotune synthesize {shlex.quote(str(directory / "model.pt"))} "текст" -o out.wav'
-    if version.vocoder_sha256:
-        command += f" --vocoder {shlex.quote(str(directory / VOCODER_FILE))}"
-    score = "unknown" if version.score is None else f"{version.score:.4f} (lower is better)"
-    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(version.metrics.items()))
-    lines = [
-        f"# {version.name} v{version.version}",
-        "",
-        f"A Russian Tacotron2 text-to-speech voice trained with tacotune ({version.code_version}),",
-        f"exported from the registry as `{version.ref}` (stage: {version.stage}).",
-        "",
-        f"- score: {score}",
-        f"- data fingerprint: `{version.data_fingerprint}`",
-        f"- registered: {version.created}",
-        f"- source: {version.source or 'not recorded'}",
-        "",
-        "## Synthesize",
-        "",
-        f"```bash\n{command}\n```",
-        "",
-        "`model.pt` holds the weights, the text frontend and the resolved config",
-        "(`config.yaml` is the same config, for reading); `meta.json` holds this information.",
-    ]
-    if version.vocoder_sha256:
-        lines += [
-            "`vocoder.pt` is the voice's neural (HiFi-GAN) vocoder, trained on its mels;",
-            "without `--vocoder` synthesis uses Griffin-Lim.",
-        ]
-    if metrics:
-        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|", metrics]
-    return "\n".join(lines) + "\n"
+def _card(
+    name: str,
+    number: int,
+    facts: dict[str, Any],
+    score: float | None,
+    metrics: Mapping[str, float],
+    steps: int | None,
+    vocoder: str | Path | None,
+) -> str:
+    """The model card of a version; its commands run where it lies (and where it is
+    exported to): no path of this machine."""
+    usage = 'tacotune synthesize model.pt "Привет! Как дела?" -o hello.wav'
+    neural = "" if vocoder is None else " --vocoder vocoder.pt"
+    mcd, gl = metrics.get("vocoder/eval/mcd"), metrics.get("vocoder/gl/mcd")
+    described = (
+        "Griffin-Lim"
+        if vocoder is None
+        else "HiFi-GAN (vocoder.pt)"
+        + (f", MCD {mcd:.2f} dB against Griffin-Lim's {gl:.2f}" if mcd and gl else "")
+    )
+    card = CardFacts(
+        title=f"{name} v{number}",
+        **{**facts, "steps": steps},
+        score=score,
+        metrics=metrics,
+        vocoder=described,
+        usage=[usage + neural, _serve_line(name, number, vocoder is not None)],
+    )
+    return model_card(card)
 
 
-def _checked_sha256(path: Path) -> str:
-    """The hex sha256 of a file (RegistryError if it cannot be read)."""
-    try:
-        return file_sha256(path)
-    except OSError as error:
-        raise RegistryError(
-            f"{path} cannot be read ({error.strerror or error}); restore it or remove its version"
-        ) from error
+def _serve_line(name: str, number: int, neural: bool) -> str:
+    """How to serve the voice over the OpenAI-style HTTP API."""
+    if neural:  # serve takes a vocoder from the registry only
+        return f"tacotune serve {name}:{number}   # from a registry that holds it, with vocoder.pt"
+    return "tacotune serve model.pt   # OpenAI-style HTTP API and a web page on 127.0.0.1"
+
+
+def _vocoder_metrics(source: Path) -> dict[str, float]:
+    """A vocoder run's best evaluation, as `vocoder/<metric>` (empty for a bare file)."""
+    if not source.is_dir():
+        return {}
+    keep = ("eval/mcd", "gl/mcd", "eval/mel_l1", "gl/mel_l1", "eval/pesq", "gl/pesq")
+    best = run_facts(source).metrics
+    return {f"vocoder/{key}": best[key] for key in keep if key in best}
+
+
+def _shown(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _place_checkpoint(source: Path, destination: Path) -> None:
@@ -410,10 +383,10 @@ def _place_checkpoint(source: Path, destination: Path) -> None:
     copy_file_atomic(source, destination)
 
 
-def _place_vocoder(source: Path, destination: Path, acoustic: dict[str, Any]) -> str:
+def _place_vocoder(source: Path, destination: Path, acoustic: dict[str, Any]) -> None:
     """Copy a vocoder checkpoint (or a vocoder run's) into the version, check that it is
-    one and that it fits the acoustic model's mels; returns the copy's sha256."""
-    from tacotune.vocoder import HifiGanVocoder, vocoder_checkpoint
+    one and that it fits the acoustic model's mels."""
+    from tacotune.vocoder.neural import HifiGanVocoder, vocoder_checkpoint
 
     try:
         file = vocoder_checkpoint(source)
@@ -423,17 +396,27 @@ def _place_vocoder(source: Path, destination: Path, acoustic: dict[str, Any]) ->
     except CheckpointError as error:
         reason = str(error).replace(str(destination), str(source))
         raise RegistryError(f"vocoder {source} cannot be registered: {reason}") from error
-    return file_sha256(destination)
 
 
 def _load_payload(path: Path, shown: Path) -> dict[str, Any]:
-    """The checkpoint payload, checked for what a registered version needs."""
+    """The checkpoint payload, checked for what a registered version needs: a voice that
+    synthesis loads (`tacotune.synthesize.load_voice`), not a vocoder."""
+    from tacotune.synthesize import load_voice
+    from tacotune.vocoder.neural import PAYLOAD_KEYS
+
     try:
         payload = load_checkpoint(path)
+        if all(key in payload for key in PAYLOAD_KEYS) and "model" not in payload:
+            raise RegistryError(
+                f"checkpoint {shown} is a neural vocoder (a run of `tacotune vocoder train`), "
+                "not a voice; register the voice's acoustic run and store the vocoder with it: "
+                f"tacotune registry add VOICE_RUN --name NAME --vocoder {shlex.quote(str(shown))}"
+            )
+        load_voice(payload, str(shown))  # its config, frontend and weights fit together
     except CheckpointError as error:
         reason = str(error).replace(str(path), str(shown))  # name the file the user gave
         raise RegistryError(f"checkpoint {shown} cannot be registered: {reason}") from error
-    missing = [k for k in ("config", "dataset_fingerprint", "code_version") if k not in payload]
+    missing = [k for k in ("dataset_fingerprint", "code_version") if k not in payload]
     if missing:
         raise RegistryError(
             f"checkpoint {shown} lacks {', '.join(missing)}; was it saved by tacotune?"
@@ -451,42 +434,14 @@ def _write_config(payload: dict[str, Any], path: Path, shown: Path) -> None:
 
 def _payload_score(payload: dict[str, Any]) -> float | None:
     best = payload.get("early_stopping", {}).get("best_score")
-    return float(best) if _is_number(best) else None
-
-
-def _read_version(directory: Path) -> ModelVersion:
-    meta_path = directory / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return ModelVersion(directory=directory, **meta)
-    except (OSError, ValueError, TypeError) as error:
-        raise RegistryError(
-            f"{meta_path} is unreadable or incomplete ({error}); restore it or remove {directory}"
-        ) from error
+    return float(best) if is_number(best) else None
 
 
 def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     for key, value in metrics.items():
-        if not _is_number(value):
+        if not is_number(value):
             raise RegistryError(f"metric {key!r} must be a finite number, found {value!r}")
     return {str(key): float(value) for key, value in metrics.items()}
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _valid_name(name: str) -> bool:
-    return NAME_PATTERN.fullmatch(name) is not None
-
-
-def _check_name(name: str) -> None:
-    if not _valid_name(name):
-        raise RegistryError(
-            f"model name {name!r} is not allowed: use a letter or digit followed by letters, "
-            "digits, '_', '.' or '-' (A-Z a-z 0-9 _ . -)"
-        )
 
 
 def _check_stage(stage: str) -> None:
