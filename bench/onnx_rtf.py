@@ -30,7 +30,8 @@ from common import report
 
 from tacotune.checkpoint import config_payload, save_checkpoint
 from tacotune.config import load_config
-from tacotune.export import OnnxSynthesizer, export_voice
+from tacotune.export.exporter import export_voice
+from tacotune.export.synthesizer import OnnxSynthesizer
 from tacotune.model import SynthesisOutput, Tacotron2
 from tacotune.synthesize import Synthesizer, split_text
 from tacotune.text.frontend import TextFrontend

@@ -47,9 +47,11 @@ from common import OUT, demo_prepared, peak_rss_gib, report
 from tacotune.config import AudioConfig, load_config
 from tacotune.names import Event
 from tacotune.runlog import RunListener, StopTraining
-from tacotune.vocoder import GriffinLim, HifiGanVocoder, train_vocoder, vocoder_payload
+from tacotune.vocoder.griffin_lim import GriffinLim
 from tacotune.vocoder.hifigan import build_generator
+from tacotune.vocoder.neural import HifiGanVocoder, vocoder_payload
 from tacotune.vocoder.throughput import measure_vocoder_rate
+from tacotune.vocoder.train import train_vocoder
 
 SECONDS = (2.0, 10.0)  # mel lengths timed, in seconds of audio
 RTF_GOALS = {"v3": 0.05, "v2": 0.15}  # the CPU goals at 2 threads

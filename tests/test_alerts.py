@@ -191,7 +191,7 @@ def _wait_for_workers(before: set[threading.Thread], limit: float = 3.0) -> None
     """Wait until delivery threads started since `before` have finished their last request."""
     deadline = time.monotonic() + limit
     for thread in set(threading.enumerate()) - before:
-        if thread.name == "tacotune-alerts":
+        if thread.name.startswith("tacotune-alerts"):  # one per notifier: -telegram, -webhook
             thread.join(max(0.0, deadline - time.monotonic()))
             assert not thread.is_alive()
 
@@ -343,13 +343,27 @@ def test_telegram_errors_are_redacted_and_unchained(telegram: FakeServer) -> Non
     assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
-def test_on_event_after_close_and_bad_events_do_not_raise(run_dir: Path) -> None:
-    dispatcher = AlertDispatcher([LogNotifier()], FAST, run_dir)
-    dispatcher.on_event({"event": "best", "step": object()})
-    dispatcher.on_event({"event": 42})
+def test_bad_events_are_told_or_skipped_and_events_after_close_go_nowhere(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent: list[Alert] = []
+
+    class Recording:
+        name = "recording"
+
+        def send(self, alert: Alert) -> None:
+            sent.append(alert)
+
+    caplog.set_level(logging.INFO, logger="tacotune.alerts")
+    dispatcher = AlertDispatcher([LogNotifier(), Recording()], FAST, run_dir)
+    dispatcher.on_event({"event": "best", "step": object(), "score": 0.5})  # odd detail: told
+    dispatcher.on_event({"event": 42})  # no such event: skipped
+    assert dispatcher.close(timeout=1.0).complete
+    dispatcher.on_event({"event": "best", "score": 1.0})  # after close: neither sent nor logged
     dispatcher.close(timeout=1.0)
-    dispatcher.on_event({"event": "best", "score": 1.0})
-    dispatcher.close(timeout=1.0)
+    assert [(a.event, "0.5" in a.text) for a in sent] == [("best", True)]
+    told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert told == [sent[0].text]
 
 
 def test_full_queue_drops_the_oldest_summary_first(run_dir: Path) -> None:

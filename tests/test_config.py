@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,37 @@ def test_a_prepared_datasets_config_is_read_with_the_same_guarded_loader(tmp_pat
 def test_legacy_hparams_values_refuse_aliases_too() -> None:
     with pytest.raises(ConfigError, match=r"--hparams batch_size: anchors and aliases"):
         translate_hparams("batch_size=&n 16")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("vocoder.generator_channels=1000000000", r"generator_channels must be in \[0, 4096\]"),
+        ("vocoder.segment_size=1073741824", r"vocoder.segment_size must be in \[1, 262144\]"),
+        ("vocoder.batch_size=100000", r"vocoder.batch_size must be in \[1, 1024\]"),
+        ("train.batch_size=100000", r"train.batch_size must be in \[1, 1024\]"),
+        ("train.shape_bucket=1000000000", r"train.shape_bucket must be in \[1, 1024\]"),
+        ("train.data_workers=100000", r"train.data_workers must be in \[0, 256\]"),
+        ("train.threads=100000", r"train.threads must be in \[0, 256\]"),
+        ("audio.hop_length=1000000000", r"audio.hop_length must be in \[1, 16384\]"),
+        ("audio.win_length=1000000000", r"audio.win_length must be in \[1, 16384\]"),
+        (
+            "tuning.space=[{key: train.batch_size, choices: [16, 1000000]}]",
+            r"tuning.space 'train.batch_size': every value must be in \[1, 1024\]",
+        ),
+        (
+            "tuning.space=[{key: model.reduction_factor, low: 1, high: 100}]",
+            r"tuning.space 'model.reduction_factor': every value must be in \[1, 16\]",
+        ),
+    ],
+)
+def test_every_setting_that_sizes_memory_has_an_upper_bound(
+    override: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+
+    capsys.readouterr()
+    assert main(["config", "--set", override]) == 1
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err) and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""

@@ -20,6 +20,7 @@ from tacotune.model import Tacotron2, pad_multiple
 from tacotune.supervision.guard import DivergenceGuard
 from tacotune.text.symbols import SYMBOLS
 from tacotune.train import loop, train
+from tacotune.train import session as acoustic
 from tacotune.train.compiled import compile_decoder_steps
 from tacotune.train.inputs import build_training_data
 from tacotune.train.readout import Readout, masked_step, poison_non_finite
@@ -167,7 +168,13 @@ def test_readout_reads_every_pending_step_in_order_at_once() -> None:
     for step in (1, 2, 3):
         terms = LossTerms(*(torch.tensor(float(step + i)) for i in range(4)))
         readout.add(
-            step, terms, terms.total, torch.tensor(0.5), torch.tensor(step == 2), limits, {}
+            step,
+            terms.total,
+            torch.tensor(0.5),
+            torch.tensor(step == 2),
+            limits,
+            terms.tensors(),
+            {},
         )
         assert readout.due(step) == (step == 3)
     records = readout.read()
@@ -194,7 +201,7 @@ def events(run: Path) -> list[dict[str, Any]]:
 def test_deferred_reading_still_skips_a_non_finite_gradient_and_records_it(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open, real_step, real_read = loop.open_session, loop.masked_step, Readout.read
+    real_open, real_step, real_read = loop.open_session, acoustic.masked_step, Readout.read
     applied: dict[int, bool] = {}  # step -> did the parameters change
     reads: list[list[int]] = []
 
@@ -221,7 +228,7 @@ def test_deferred_reading_still_skips_a_non_finite_gradient_and_records_it(
 
     session_box: list[Any] = []
     monkeypatch.setattr(loop, "open_session", open_with_a_poisoned_gradient)
-    monkeypatch.setattr(loop, "masked_step", watched_step)
+    monkeypatch.setattr(acoustic, "masked_step", watched_step)
     monkeypatch.setattr(Readout, "read", watched_read)
     result = train(
         tiny_train("train.sync_every=4", "train.max_steps=12", "train.eval_every=12"),
@@ -241,7 +248,7 @@ def test_deferred_reading_still_skips_a_non_finite_gradient_and_records_it(
 def test_deferred_reading_rolls_back_after_a_streak(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = loop.tacotron2_loss
+    real = acoustic.tacotron2_loss
     count = [0]
 
     def poisoned(*args: Any, **kwargs: Any) -> LossTerms:
@@ -251,7 +258,7 @@ def test_deferred_reading_rolls_back_after_a_streak(
             return LossTerms(terms.total * math.nan, terms.mel, terms.mel_postnet, terms.gate)
         return terms
 
-    monkeypatch.setattr(loop, "tacotron2_loss", poisoned)
+    monkeypatch.setattr(acoustic, "tacotron2_loss", poisoned)
     config = tiny_train(
         "train.sync_every=4",
         "train.max_steps=12",
@@ -313,11 +320,21 @@ def assert_same(
 @pytest.mark.parametrize("option", ["model.ddc=true", "model.gst=true"])
 def test_memory_buckets_pad_without_changing_loss_or_gradients(option: str) -> None:
     config = tiny(option, "model.ddc_reduction_factor=4")
+    widths: list[int] = []  # the attention memory's width each bucketed forward saw
 
     def bucketed(model: Tacotron2) -> None:
         compile_decoder_steps(model, load_config(None, ["train.shape_bucket=16"]).train)
+        pad = model.decoder._bucketed
+
+        def recorded(memory: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            memory, mask = pad(memory, mask)
+            widths.append(memory.shape[1])
+            return memory, mask
+
+        model.decoder._bucketed = recorded  # type: ignore[method-assign]
 
     assert_same(loss_and_grads(config), loss_and_grads(config, bucketed))
+    assert widths == [16]  # the longest text, 13 characters, padded to the 16-character bucket
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from tacotune.losses import LossTerms
 from tacotune.supervision.early_stopping import EarlyStopping
 from tacotune.supervision.guard import DivergenceGuard, TrainingDiverged
 from tacotune.train import loop, train
+from tacotune.train import session as acoustic
 from tacotune.train.session import Session
 
 from conftest import TINY_TRAIN, tiny_train
@@ -158,7 +159,7 @@ GUARDED = [
 
 def nan_loss_on_calls(monkeypatch: pytest.MonkeyPatch, calls: set[int]) -> None:
     """Make the training loss NaN on the given (1-based) loss calls: injected bad batches."""
-    real = loop.tacotron2_loss
+    real = acoustic.tacotron2_loss
     count = [0]
 
     def poisoned(*args: Any, **kwargs: Any) -> LossTerms:
@@ -168,7 +169,7 @@ def nan_loss_on_calls(monkeypatch: pytest.MonkeyPatch, calls: set[int]) -> None:
             return LossTerms(terms.total * math.nan, terms.mel, terms.mel_postnet, terms.gate)
         return terms
 
-    monkeypatch.setattr(loop, "tacotron2_loss", poisoned)
+    monkeypatch.setattr(acoustic, "tacotron2_loss", poisoned)
 
 
 def test_injected_nan_is_skipped_then_rolled_back_to_the_good_checkpoint(

@@ -15,6 +15,7 @@ import torch
 from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.config import load_config
 from tacotune.errors import CheckpointError, ConfigError
+from tacotune.files import OutputError
 from tacotune.names import RunStatus
 from tacotune.runlog import RunListener
 from tacotune.train import resume, train
@@ -24,6 +25,52 @@ from conftest import TINY_TRAIN, tiny_train
 
 def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / name)["model"]
+
+
+def test_tensorboard_holds_one_value_per_tag_and_step(prepared: Path, tmp_path: Path) -> None:
+    """Per-step values (`train/...`) and the means an evaluation writes (`train_mean/...`) are
+    different numbers: under one tag a curve would jump at every evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tacotune.tracking import TensorBoardListener
+
+    run = tmp_path / "run"
+    train(tiny_train("tracking.log_every=1"), prepared, run, listeners=[TensorBoardListener(run)])
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/total" in tags and "train_mean/total" in tags
+    for tag in tags:
+        steps = [scalar.step for scalar in events.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag} has two values at one step: {steps}"
+    assert [s.step for s in events.Scalars("train/total")] == [1, 2, 3, 4, 5, 6]
+    assert [s.step for s in events.Scalars("train_mean/total")] == [3, 6]
+
+
+def test_progress_lines_off_a_terminal(
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under a pipe, nohup or CI a run logs its progress (step, loss, rate, ETA, the newest
+    voice metric) and says when it evaluates."""
+    from tacotune import progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    progress.configure(bars=False, lines=True)
+    try:
+        with caplog.at_level("INFO"):
+            train(tiny_train(), prepared, tmp_path / "run")
+    finally:
+        progress.configure(bars=False, lines=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tacotune.progress"]
+    assert any(line.startswith("training: 1/6 (17%), loss ") for line in lines), lines
+    assert any("voice metric" in line and "(step 3)" in line for line in lines), lines
+    assert all("ETA" in line and "/s" in line for line in lines)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "step 6: evaluating" in messages
+    assert any(m.startswith("step 6 evaluated in ") for m in messages)
 
 
 def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
@@ -40,12 +87,17 @@ def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
         "val/gate_accuracy",
         "free/diagonality",
         "free/aligned_rate",
-        "train/total",
-        "train/grad_norm",
+        "train_mean/total",
+        "train_mean/grad_norm",
     ):
         assert key in metrics[-1], key
     events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert events[0] == "started" and events[-1] == "finished" and "best" in events
+    report = (run / "report.md").read_text(encoding="utf-8")  # every run reports, as auto does
+    assert "**Finished** at step 6 (max_steps)." in report and "voice metric" in report
+    assert "![Training curves](curves.png)" in report and (run / "curves.png").is_file()
+    assert str(tmp_path) not in report  # links inside the run: no machine path
+    assert "](samples/step_000000" in report
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
         "last.pt",
         "best.pt",
@@ -131,7 +183,10 @@ def test_a_stop_request_saves_once_and_leaves_a_resumable_run(
     assert [e["event"] for e in events][-1] == "interrupted" and events[-1]["step"] == 3
     assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))  # no temp file left
     assert signal.getsignal(number) is before  # the caller's handler was put back
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "**Interrupted** at step 3" in report and "--resume run`" in report
     assert resume(tmp_path / "run", prepared).step == 6
+    assert "**Finished** at step 6 (max_steps)" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_warm_start_skips_layers_whose_shape_differs(prepared: Path, tmp_path: Path) -> None:
@@ -189,7 +244,7 @@ def test_listeners_hear_every_evaluation_and_are_closed_once(
     assert recorder.events[0] == "started" and recorder.events[-1] == "finished"
     assert recorder.closed == [RunStatus.FINISHED]
     failing = Recorder()  # a run that cannot start still closes its listeners
-    with pytest.raises(ConfigError):
+    with pytest.raises(OutputError):
         train(tiny_train(), prepared, tmp_path / "run", listeners=[failing])
     assert failing.closed == [RunStatus.FAILED] and failing.events == []
 
@@ -230,7 +285,7 @@ def test_two_process_ddp_run_on_cpu(prepared: Path, tmp_path: Path) -> None:
 
 def test_training_into_an_existing_run_is_refused(prepared: Path, tmp_path: Path) -> None:
     train(tiny_train("train.max_steps=3"), prepared, tmp_path / "run")
-    with pytest.raises(ConfigError, match="already holds a training run"):
+    with pytest.raises(OutputError, match="already holds a training run"):
         train(tiny_train(), prepared, tmp_path / "run")
 
 
@@ -263,3 +318,33 @@ def test_one_evaluation_is_timed_on_the_model_a_run_starts_from(prepared: Path) 
     assert 0 < measure_evaluation_seconds(config, prepared) < 60
     with pytest.raises(ConfigError, match="no shipped base voice fits"):
         measure_evaluation_seconds(tiny_train("train.warm_start=base"), prepared)
+
+
+def test_resume_reads_the_checkpoint_once_and_listeners_hear_its_overrides(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --resume RUN --set tracking.tensorboard=false` builds no TensorBoard listener
+    (the listeners come from the config with the overrides), and last.pt is read once."""
+    from tacotune.cli import main
+
+    run = tmp_path / "run"
+    sets = [a for item in [*TINY_TRAIN, "train.max_steps=3"] for a in ("--set", item)]
+    assert main(["-q", "train", str(prepared), "-o", str(run), *sets]) == 0
+    assert not (run / "tensorboard").exists()
+    reads: list[str] = []
+    real_load = torch.load
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    resumed = ["--set", "train.max_steps=4", "--set", "tracking.tensorboard=true"]
+    assert main(["-q", "train", str(prepared), "--resume", str(run), *resumed]) == 0
+    assert reads.count("last.pt") == 1
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # the override took
+    files = set((run / "tensorboard").iterdir())
+    resumed = ["--set", "train.max_steps=5", "--set", "tracking.tensorboard=false"]
+    assert main(["-q", "train", str(prepared), "--resume", str(run), *resumed]) == 0
+    assert set((run / "tensorboard").iterdir()) == files  # no new writer
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["step"] == 5

@@ -23,10 +23,10 @@ from tacotune.config import AudioConfig, Config, VocoderConfig, load_config
 from tacotune.data.manifest import ManifestEntry, PreparedDataset, load_prepared
 from tacotune.data.segments import SegmentDataset
 from tacotune.errors import AudioError, CheckpointError, ConfigError, DatasetError
-from tacotune.vocoder import HifiGanVocoder, vocoder_payload
 from tacotune.vocoder.discriminators import Discriminator, DiscriminatorOutput
 from tacotune.vocoder.hifigan import PRESETS, Generator, GeneratorSpec, build_generator
 from tacotune.vocoder.losses import discriminator_loss, generator_loss, mel_loss
+from tacotune.vocoder.neural import HifiGanVocoder, vocoder_payload
 
 from conftest import speechlike
 

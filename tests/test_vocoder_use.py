@@ -6,6 +6,8 @@ on how well it was trained."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +15,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from tacotune.checkpoint import save_checkpoint
+from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.cli import main
 from tacotune.config import load_config
 from tacotune.errors import CheckpointError
 from tacotune.registry import Registry, RegistryError
-from tacotune.vocoder import HifiGanVocoder, load_vocoder, vocoder_payload
 from tacotune.vocoder.hifigan import build_generator
+from tacotune.vocoder.neural import HifiGanVocoder, load_vocoder, vocoder_payload
 from test_synthesize import untrained_payload
 
 
@@ -115,7 +117,7 @@ def test_the_registry_keeps_a_vocoder_with_the_voice(
     assert main(["registry", "show", "voice:1", *root]) == 0
     assert json.loads(capsys.readouterr().out)["vocoder_sha256"] == added["vocoder_sha256"]
     assert main(["registry", "export", "voice:1", "-o", str(tmp_path / "out"), *root]) == 0
-    exported = tmp_path / "out" / "voice-v1"
+    exported = tmp_path / "out"
     assert (exported / "vocoder.pt").is_file() and (exported / "model.pt").is_file()
     assert "--vocoder" in (exported / "README.md").read_text(encoding="utf-8")
     registry = Registry(tmp_path / "registry")
@@ -137,12 +139,37 @@ def test_the_registry_keeps_a_vocoder_with_the_voice(
     assert main(["registry", "export", "voice:1", "-o", str(tmp_path / "again"), *root]) == 1
 
 
+@pytest.mark.parametrize("command", ["synthesize", "registry add"])
+def test_a_vocoder_checkpoint_sized_past_its_bounds_is_refused_before_allocating(
+    command: str, voice: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crafted, out, root = tmp_path / "huge.pt", tmp_path / "a.wav", tmp_path / "registry"
+    payload = load_checkpoint(voice["vocoder"])
+    payload["vocoder_config"]["generator_channels"] = 10**9  # a generator of 2.2 TB
+    save_checkpoint(crafted, payload)
+    args = {
+        "synthesize": ["synthesize", str(voice["acoustic"]), "да.", "-o", str(out)],
+        "registry add": ["registry", "add", str(voice["acoustic"]), "--root", str(root)],
+    }[command]
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(["-q", *args, "--vocoder", str(crafted)]) == 1
+    assert time.monotonic() - started < 20
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(re.findall(" ERROR ", err)) == 1, err
+    assert f"vocoder {crafted} has an invalid vocoder config" in err
+    assert "vocoder.generator_channels must be in [0, 4096], found 1000000000" in err
+    assert not out.exists()
+    assert not root.exists() or not Registry(root).versions()  # nothing registered
+
+
 @pytest.mark.slow
 def test_onnx_export_and_the_server_use_the_registered_vocoder(
     voice: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tacotune.export import OnnxSynthesizer, export_voice
     from tacotune.export.bundle import read_manifest
+    from tacotune.export.exporter import export_voice
+    from tacotune.export.synthesizer import OnnxSynthesizer
     from tacotune.serve.voices import load_voice
 
     registry = Registry(tmp_path / "registry")

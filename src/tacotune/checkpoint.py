@@ -24,6 +24,7 @@ import torch
 
 from tacotune import __version__
 from tacotune.config.load import config_from_dict, config_to_dict
+from tacotune.config.rules import validate
 from tacotune.config.schema import Config
 from tacotune.errors import CheckpointError, ConfigError, short_repr
 from tacotune.files import atomic_writer
@@ -31,6 +32,15 @@ from tacotune.files import atomic_writer
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the layout below changes incompatibly
+
+
+def best_in_run(path: str | Path) -> Path:
+    """A checkpoint file as is; a run directory's checkpoints/best.pt, else its last.pt."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        return best if best.exists() else path / "checkpoints" / "last.pt"
+    return path
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -130,13 +140,13 @@ def write_inference_checkpoint(
 
 def checkpoint_config(payload: dict[str, Any], path: str | Path | None = None) -> Config:
     """The resolved config stored in a checkpoint (from `path`, named in errors), checked like
-    any config (`Config.validate` and its upper bounds: a crafted checkpoint cannot make
+    any config (`config.rules.validate` and its upper bounds: a crafted checkpoint cannot make
     synthesis or training unbounded)."""
     where = f"checkpoint {path}" if path is not None else "the checkpoint"
     if "config" not in payload:
         raise CheckpointError(f"{where} holds no config; was it saved by tacotune?")
     try:
-        return config_from_dict(payload["config"]).validate()
+        return validate(config_from_dict(payload["config"]))
     except ConfigError as error:
         raise CheckpointError(f"the config stored in {where} is refused: {error}") from error
 

@@ -33,19 +33,16 @@ class LossTerms:
     ddc_attn: Tensor | None = None
     ctc: Tensor | None = None
 
+    def tensors(self) -> dict[str, Tensor]:
+        """Every present term, by name (still on the device)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if isinstance(value, Tensor)}
+
     def scalars(self) -> dict[str, float]:
-        """Every present term as a float, for logging."""
-        out: dict[str, float] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                out[f.name] = float(value.detach())
-            elif (
-                isinstance(value, float)
-                and f.name == "guided_attn_weight"
-                and self.guided_attn is not None
-            ):
-                out[f.name] = value
+        """Every present term as a float (and the guided-attention weight), for logging."""
+        out = {name: float(value.detach()) for name, value in self.tensors().items()}
+        if self.guided_attn is not None:
+            out["guided_attn_weight"] = self.guided_attn_weight
         return out
 
 

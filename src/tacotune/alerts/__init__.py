@@ -13,22 +13,19 @@ What an event's message says is `messages.format_alert`.
 from __future__ import annotations
 
 import html
-import http.client
 import json
 import logging
-import mimetypes
 import os
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
 
 from tacotune.alerts.messages import Alert, format_alert, real_number
 from tacotune.config.schema import AlertsConfig
@@ -44,6 +41,7 @@ _API_VAR = "TACOTUNE_TELEGRAM_API"
 _WEBHOOK_VAR = "TACOTUNE_WEBHOOK_URL"
 _SECRET_KEYS = (_TOKEN_VAR, _CHAT_VAR, _API_VAR, _WEBHOOK_VAR)
 _DEFAULT_API = "https://api.telegram.org"
+_HEADERS = {"User-Agent": "tacotune-alerts"}
 _REDACTED = "<redacted>"
 _QUEUE_SIZE = 100  # queued alerts; beyond it the oldest summary or the new alert is dropped
 _BACKOFF_SECONDS = 0.5  # first wait between attempts, doubled each time
@@ -79,47 +77,43 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+class _RedactRequests(logging.Filter):
+    """httpx logs every request's URL (INFO "HTTP Request: POST ..."); a Telegram URL holds
+    the token and a webhook URL may hold a secret: this filter redacts the ones registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _redact(record.getMessage(), self.secrets), None
+        return True
+
+
+_REQUEST_LOG = _RedactRequests()
+logging.getLogger("httpx").addFilter(_REQUEST_LOG)
+
+
 def _post(
-    url: str, body: bytes, content_type: str, timeout: float, redact: Callable[[str], str]
+    url: str, timeout: float, redact: Callable[[str], str], headers: Mapping[str, str], **body: Any
 ) -> tuple[int, bytes]:
-    """POST `body`: the HTTP status and answer. Transport failures raise NotifierError."""
-    headers = {"Content-Type": content_type, "User-Agent": "tacotune-alerts"}
+    """POST `body` (httpx's `data`, `files` or `content`): the HTTP status and answer.
+    Transport failures (refused, timed out, a malformed URL) raise NotifierError."""
     try:
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as err:
-        try:
-            return err.code, err.read()
-        except (OSError, http.client.HTTPException):
-            return err.code, b""
-        finally:
-            err.close()
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        response = httpx.post(url, timeout=timeout, headers=headers, **body)
+    except (httpx.HTTPError, httpx.InvalidURL) as err:
         problem = f"{type(err).__name__}: {err}"
+    else:
+        return response.status_code, response.content
     # raised outside the except block, so no chained exception carries the URL
     raise NotifierError(redact(f"request to {url} failed: {problem}"))
 
 
-def _multipart(fields: Mapping[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
-    """A multipart/form-data body with `fields` and one file, and its Content-Type."""
+def _read_attachment(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise NotifierError(f"cannot read attachment {path}: {err.strerror}") from None
-    boundary = f"tacotune-{uuid.uuid4().hex}"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in fields.items()
-    ]
-    filename = "".join(c for c in path.name if c not in '"\r\n')
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
-        f'filename="{filename}"\r\nContent-Type: {mime}\r\n\r\n'
-    )
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    return "".join(parts).encode() + data + tail, f"multipart/form-data; boundary={boundary}"
 
 
 class TelegramNotifier:
@@ -131,6 +125,7 @@ class TelegramNotifier:
         self, token: str, chat_id: str, api_base: str = _DEFAULT_API, timeout: float = 10.0
     ) -> None:
         self._token, self._chat_id, self._timeout = token, chat_id, timeout
+        _REQUEST_LOG.secrets.update((token, urllib.parse.quote(token, safe="")))
         self._api_base = api_base.rstrip("/")
 
     def __repr__(self) -> str:
@@ -144,16 +139,16 @@ class TelegramNotifier:
         """The text, then each attachment; raises NotifierError (redacted) on any failure."""
         text = html.escape(alert.text[:_MAX_TEXT], quote=False)
         fields = {"chat_id": self._chat_id, "text": text, "parse_mode": "HTML"}
-        form = urllib.parse.urlencode(fields).encode()
-        self._call("sendMessage", form, "application/x-www-form-urlencoded")
+        self._call("sendMessage", data=fields)  # a form, url-encoded
         for path in alert.attachments:
             is_audio = path.suffix.lower() == ".wav"
             method, field = ("sendAudio", "audio") if is_audio else ("sendDocument", "document")
-            self._call(method, *_multipart({"chat_id": self._chat_id}, field, path))
+            upload = {field: (path.name, _read_attachment(path))}  # multipart, type by name
+            self._call(method, data={"chat_id": self._chat_id}, files=upload)
 
-    def _call(self, method: str, body: bytes, content_type: str) -> None:
+    def _call(self, method: str, **body: Any) -> None:
         url = f"{self._api_base}/bot{self._token}/{method}"
-        status, raw = _post(url, body, content_type, self._timeout, self.redact)
+        status, raw = _post(url, self._timeout, self.redact, _HEADERS, **body)
         try:
             answer = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -175,6 +170,7 @@ class WebhookNotifier:
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self._url, self._timeout = url, timeout  # the URL may embed a secret: never shown
+        _REQUEST_LOG.secrets.add(url)
 
     def __repr__(self) -> str:
         return f"WebhookNotifier(url={_REDACTED!r})"
@@ -185,7 +181,8 @@ class WebhookNotifier:
         payload = {"event": alert.event, "text": alert.text, "attachments": names}
         body = json.dumps(payload, ensure_ascii=False).encode()
         redact = lambda text: _redact(text, [self._url])  # noqa: E731
-        status, _ = _post(self._url, body, "application/json", self._timeout, redact)
+        headers = {**_HEADERS, "Content-Type": "application/json"}
+        status, _ = _post(self._url, self._timeout, redact, headers, content=body)
         if not 200 <= status < 300:
             raise NotifierError(f"webhook answered HTTP {status}")
 
@@ -426,5 +423,7 @@ def build_dispatcher(
     url = secrets.get(_WEBHOOK_VAR, config.webhook_url)
     if url:
         notifiers.append(WebhookNotifier(url, config.timeout_seconds))
-    log.info("alerts go to: %s", ", ".join(n.name for n in notifiers))
+    # worth a line only when alerts leave this machine (the log is always there)
+    level = logging.INFO if len(notifiers) > 1 else logging.DEBUG
+    log.log(level, "alerts go to: %s", ", ".join(n.name for n in notifiers))
     return AlertDispatcher(notifiers, config, run_dir)

@@ -2,8 +2,8 @@
 
 Each name either maps to one `section.key` (with an optional value conversion)
 or is rejected with the reason and what to use instead. Sources: the predecessor's
-hparams.py table and its README_HYPERPARAMS (../shared/research/predecessor.md §11,
-seeds/002). Names that had no effect there ("DEAD") are rejected, not emulated.
+hparams.py table and its README_HYPERPARAMS. Names that had no effect there ("DEAD") are
+rejected, not emulated.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tacotune.config.load import load_yaml
+from tacotune.config.safe_yaml import load_yaml
 from tacotune.errors import ConfigError, short_repr
 
 

@@ -20,12 +20,14 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from tacotune.config.legacy import translate_hparams
+from tacotune.config.rules import validate
+from tacotune.config.safe_yaml import load_yaml
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError, short_repr
 
 PRESETS: Traversable = files("tacotune") / "configs"  # the bundled presets, shipped in the wheel
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KB; a larger file is refused before parsing
-MAX_YAML_DEPTH = 16  # configs nest section > key > list (> list); deeper input is no config
 _YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
@@ -46,17 +48,15 @@ def load_config(
         _merge(tree, _read_yaml(resolve_config_path(path)))
     _merge(tree, parse_overrides(overrides))
     if hparams:
-        from tacotune.config.legacy import translate_hparams
-
         _merge(tree, translate_hparams(hparams))
-    return config_from_dict(tree).validate()
+    return validate(config_from_dict(tree))
 
 
 def override_config(config: Config, overrides: Iterable[str]) -> Config:
     """`config` with `section.key=value` overrides applied (and validated)."""
     tree: dict[str, Any] = config_to_dict(config)
     _merge(tree, parse_overrides(overrides))
-    return config_from_dict(tree).validate()
+    return validate(config_from_dict(tree))
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -261,61 +261,6 @@ def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, found {type(data).__name__}")
     return data
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases and nesting deeper than MAX_YAML_DEPTH.
-
-    An alias makes a few hundred bytes expand into billions of values ("billion laughs"),
-    and a config never needs one; deep nesting would exhaust the recursive composer.
-    """
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(
-                "anchors and aliases (&name, *name) are not allowed in tacotune configs; "
-                "write each value out",
-                event.start_mark,
-            )
-        if self._depth >= MAX_YAML_DEPTH:
-            raise _Refused(
-                f"nested more than {MAX_YAML_DEPTH} levels deep; a config is "
-                "section: {key: value}",
-                event.start_mark,
-            )
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _Refused(yaml.YAMLError):
-    """Valid YAML that tacotune refuses to load (see _ConfigLoader)."""
-
-    def __init__(self, problem: str, mark: yaml.Mark) -> None:
-        super().__init__(f"{problem} (line {mark.line + 1}, column {mark.column + 1})")
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML written by a user (a config file, a --set value): safe types only,
-    no anchors or aliases, bounded depth. `source` names it in errors."""
-    loader = _ConfigLoader(text)
-    try:
-        return loader.get_single_data()
-    except _Refused as error:
-        raise ConfigError(f"{source}: {error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from error
-    except ValueError as error:  # a number of 5000 digits, a date such as 2020-13-45
-        raise ConfigError(
-            f"{source} holds a value that cannot be converted ({error}); quote it if it is text"
-        ) from error
-    finally:
-        loader.dispose()
 
 
 def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:

@@ -1,12 +1,14 @@
 """The rules of a configuration that involve more than one field, or a range: applied by
-`Config.validate()` (so every command, a checkpoint's config and `tacotune config` meet the
+`validate(config)` (so every command, a checkpoint's config and `tacotune config` meet the
 same rules before any work starts). Each rule adds one message saying what was expected,
 what was found and, where it is not obvious, how to fix it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+from tacotune.config.generators import PRESETS
 from tacotune.config.schema import (
     TUNABLE,
     AudioConfig,
@@ -20,8 +22,7 @@ from tacotune.config.schema import (
     VocoderConfig,
     reduction_factors,
 )
-from tacotune.errors import short_repr
-from tacotune.vocoder.presets import PRESETS
+from tacotune.errors import ConfigError, short_repr
 
 
 class Problems(list[str]):
@@ -31,6 +32,14 @@ class Problems(list[str]):
         """Record `message` unless `ok`."""
         if not ok:
             self.append(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Check rules that involve more than one field; return `cfg` or raise ConfigError."""
+    problems = problems_of(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
 
 
 def problems_of(cfg: Config) -> list[str]:
@@ -148,16 +157,22 @@ def _supervision(sv: SupervisionConfig, need: Need) -> None:
     need(sv.guard_warmup <= sv.guard_window, "supervision.guard_warmup must be <= guard_window")
 
 
-# Ranges of the settings that size the model and the work of synthesis. Configs also come
-# inside checkpoints, which anyone can craft: without bounds one number (a billion decoder
-# steps, a million Griffin-Lim iterations, a 10**6-wide layer) makes synthesis run or
-# allocate without end. Each range holds every real Tacotron2 setup with room to spare.
-MAX_DIM = 4096  # any layer width (the paper's widest is 1024)
+# Ranges of the settings that size memory: the models, a batch, the processes and the work
+# of synthesis. Configs also come inside checkpoints (acoustic and vocoder), which anyone
+# can craft: without bounds one number (a billion decoder steps, a million Griffin-Lim
+# iterations, a 10**9-channel generator) makes synthesis run or allocate without end. Each
+# range holds every real Tacotron2 / HiFi-GAN setup with room to spare. Settings that may
+# also be "auto" are checked when they are numbers.
+MAX_DIM = 4096  # any layer width (the paper's widest is 1024; HiFi-GAN V1's h_u is 512)
 MAX_KERNEL = 255  # any convolution width (the paper's widest: location features, 31)
 MAX_LAYERS = 32  # encoder / postnet convolutions (the paper: 3 / 5)
+MAX_BATCH = 1024  # utterances or vocoder segments per step (the papers: 64 and 16)
+MAX_WORKERS = 256  # processes or threads one setting starts
 BOUNDS: dict[str, tuple[float, float]] = {
     "audio.sample_rate": (8000, 192000),  # Hz: telephone speech to studio audio
     "audio.n_fft": (64, 16384),  # 3 ms to 0.7 s at 22050 Hz
+    "audio.win_length": (1, 16384),  # <= n_fft
+    "audio.hop_length": (1, 16384),  # <= win_length
     "audio.n_mels": (1, 512),  # vocoders use 80 or 128
     "audio.griffin_lim_iters": (1, 1000),  # 60 sound as good as it gets; each costs 2 STFTs
     "model.embedding_dim": (1, MAX_DIM),
@@ -180,6 +195,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "model.ddc_reduction_factor": (1, 64),
     "model.max_decoder_steps": (1, 10000),  # 10000 steps of r=2: 4 minutes of speech per piece
     "model.max_frames_per_char": (0.1, 100),  # a character takes ~6 frames; 100 is ~1.2 s
+    "train.batch_size": (1, MAX_BATCH),
+    "train.shape_bucket": (1, 1024),  # characters the attention memory is padded to
+    "train.data_workers": (0, MAX_WORKERS),
+    "train.threads": (0, MAX_WORKERS),
+    "vocoder.generator_channels": (0, MAX_DIM),  # 0: the preset's
+    "vocoder.segment_size": (1, 1 << 18),  # samples: 12 s at 22050 Hz (the paper: 8192)
+    "vocoder.batch_size": (1, MAX_BATCH),
 }
 
 
@@ -189,7 +211,7 @@ def _bound_problems(cfg: Config) -> list[str]:
     for key, (low, high) in BOUNDS.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(cfg, section), name)
-        if not low <= value <= high:
+        if not isinstance(value, str) and not low <= value <= high:  # str: "auto"
             problems.append(f"{key} must be in [{low:g}, {high:g}], found {short_repr(value)}")
     high_r = BOUNDS["model.reduction_factor"][1]
     if any(r > high_r for _, r in cfg.model.reduction_schedule):
@@ -211,6 +233,10 @@ def _space_problems(tuning: TuningConfig) -> list[str]:
             problems.append(f"{where}: low must be below high")
         elif ranged and dim.log and dim.low <= 0:  # type: ignore[operator]
             problems.append(f"{where}: a log-scaled range needs low > 0")
+        low, high = BOUNDS.get(dim.key, (-math.inf, math.inf))
+        values = (dim.low, dim.high, *dim.choices)
+        if any(isinstance(v, int | float) and not low <= v <= high for v in values):
+            problems.append(f"{where}: every value must be in [{low:g}, {high:g}]")
         if dim.when and dim.when not in keys:
             problems.append(
                 f"{where}: 'when' names {short_repr(dim.when)}, which is not in the space"

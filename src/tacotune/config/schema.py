@@ -3,7 +3,7 @@
 Defaults are the paper-size Tacotron2 (`tacotune/configs/base.yaml` is generated from
 them and a test keeps the two identical). Experiments override a few fields in
 a small YAML file (the preset `tacotune/configs/demo.yaml`) or on the command line.
-Cross-field rules: `Config.validate()`, which applies `config/rules.py`.
+Cross-field rules: `config/rules.py`'s `validate(config)`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
-
-from tacotune.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,7 @@ def _choice(key: str, *choices: int | float | bool | str) -> SearchDimension:
 
 # Settings a study may tune: tests/test_tuning.py proves that each one changes the model, the
 # loss, the optimizer or the batches (batch size and clipping through real training steps).
-# Anything else is rejected by Config.validate().
+# Anything else is rejected by rules.validate().
 TUNABLE = frozenset(
     {
         "train.learning_rate",
@@ -320,15 +318,6 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
-
-    def validate(self) -> Config:
-        """Check rules that involve more than one field; return self or raise ConfigError."""
-        from tacotune.config.rules import problems_of  # the rules need these classes
-
-        problems = problems_of(self)
-        if problems:
-            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-        return self
 
     def replace(self, **sections: object) -> Config:
         """A copy with whole sections replaced (dataclasses.replace, typed for sections)."""

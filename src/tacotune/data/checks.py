@@ -52,6 +52,17 @@ REASON_HELP: dict[Reason, str] = {
 
 
 @dataclass(frozen=True)
+class Job:
+    """What a worker needs to measure one row."""
+
+    key: str
+    text: str
+    audio_path: str
+    mel_file: str  # relative to the prepared directory
+    audio_file: str  # the cached trimmed audio, relative to the prepared directory
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Everything measured about one row; cached between runs under `key`."""
 

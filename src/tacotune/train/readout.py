@@ -15,13 +15,13 @@ the skipped ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from tacotune.losses import LossTerms
 from tacotune.supervision.guard import Limits
 
 
@@ -88,24 +88,18 @@ class Readout:
     def add(
         self,
         step: int,
-        terms: LossTerms,
         loss: Tensor,
         grad_norm: Tensor,
         bad: Tensor,
         limits: Limits,
+        terms: Mapping[str, Tensor],
         host_scalars: dict[str, float],
     ) -> None:
         """Buffer one step: its numbers are stacked on the device, nothing is read."""
-        names, values = [], []
-        for f in fields(terms):
-            value = getattr(terms, f.name)
-            if isinstance(value, Tensor):
-                names.append(f.name)
-                values.append(value.detach().float())
-            elif f.name == "guided_attn_weight" and terms.guided_attn is not None:
-                host_scalars = {**host_scalars, f.name: float(value)}
-        stacked = torch.stack([loss.detach().float(), grad_norm.float(), bad.float(), *values])
-        self.pending.append(_Pending(step, stacked, tuple(names), limits, host_scalars))
+        device = loss.device
+        values = [loss.detach(), grad_norm.to(device), bad.to(device), *terms.values()]
+        stacked = torch.stack([value.detach().float().to(device) for value in values])
+        self.pending.append(_Pending(step, stacked, tuple(terms), limits, host_scalars))
 
     def due(self, step: int) -> bool:
         """Whether the regular read is due after `step`."""

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tacotune.audio import griffin_lim
 from tacotune.checkpoint import prune_step_checkpoints, save_checkpoint
@@ -25,6 +25,9 @@ LISTENED = 2  # validation utterances rendered as audio (and mel/stop figures) p
 class TrainState:
     """Counters the loop keeps; saved in every checkpoint."""
 
+    # what a rollback leaves as it was (the wall clock; subclasses add the run's best)
+    ROLLBACK_KEEPS: ClassVar[tuple[str, ...]] = ("elapsed", "eval_seconds")
+
     step: int = 0
     elapsed: float = 0.0  # wall seconds so far, evaluations included (resume keeps the budget)
     eval_seconds: float = 0.0  # of which spent evaluating
@@ -38,14 +41,21 @@ class TrainState:
         self.count += 1
 
     def train_means(self) -> dict[str, float]:
-        """Means since the last call, as `train/<name>`; resets the sums."""
-        means = {f"train/{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
+        """Means since the last call, as `train_mean/<name>` (never `train/<name>`, the
+        per-step values' tag: one name, one meaning); resets the sums."""
+        means = (
+            {f"train_mean/{k}": v / self.count for k, v in self.sums.items()} if self.count else {}
+        )
         self.sums, self.count = {}, 0
         return means
 
     def step_rate(self, elapsed: float) -> float:
         """Steps per second over the whole run."""
         return self.step / elapsed if elapsed > 0 else 0.0
+
+    def kept_on_rollback(self) -> dict[str, Any]:
+        """The fields a rollback does not undo (ROLLBACK_KEEPS), for `load` after it."""
+        return {name: getattr(self, name) for name in self.ROLLBACK_KEEPS}
 
     def saved(self) -> dict[str, Any]:
         """Plain data for a checkpoint."""

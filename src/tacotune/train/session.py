@@ -1,16 +1,15 @@
-"""What one training process holds while it runs, and the operations on all of it at once:
-build (fresh, warm-started or resumed), checkpoint, roll back, report.
-
-The loop in loop.py reads as the training algorithm; this module keeps the
-bookkeeping that every step of it shares out of its way.
+"""Tacotron2's part of a training run (the engine, train/engine.py, owns the lifecycle):
+the model, its optimizer and schedule, one training step, evaluation, what a checkpoint
+holds, debug reports; and `open_session`, which builds it (fresh, warm-started or resumed).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -19,26 +18,26 @@ from tacotune.checkpoint import (
     code_version,
     config_payload,
     load_checkpoint,
-    restore_rng_state,
     rng_state,
     warm_start_state,
-    write_inference_checkpoint,
 )
-from tacotune.config.load import save_config
 from tacotune.config.schema import Config
 from tacotune.data.dataset import Batch
 from tacotune.data.manifest import load_prepared
-from tacotune.errors import CheckpointError, ConfigError
-from tacotune.losses import LossTerms
-from tacotune.model.tacotron2 import Tacotron2, Tacotron2Output
-from tacotune.names import Event, RunStatus
+from tacotune.losses import LossTerms, tacotron2_loss
+from tacotune.model.tacotron2 import Tacotron2, Tacotron2Output, reduction_factor_at
+from tacotune.names import Event
+from tacotune.outputs import Kind, check_output
 from tacotune.runlog import RunLog
 from tacotune.supervision.debug import debug_report, write_debug_report
 from tacotune.supervision.early_stopping import EarlyStopping
 from tacotune.supervision.guard import DivergenceGuard
 from tacotune.text.symbols import SYMBOLS
-from tacotune.train.inputs import Position, TrainingData, build_training_data
-from tacotune.train.records import TrainState, copy_last, write_checkpoints
+from tacotune.train.engine import Evaluated, RunLimits, RunSession, StepNumbers
+from tacotune.train.evaluate import evaluate
+from tacotune.train.inputs import TrainingData, build_training_data
+from tacotune.train.readout import masked_step, poison_non_finite
+from tacotune.train.records import TrainState, write_samples
 from tacotune.train.setup import (
     Environment,
     check_ctc_feasible,
@@ -50,11 +49,19 @@ from tacotune.voices import resolve_warm_start
 
 log = logging.getLogger(__name__)
 
-GOOD_CHECKPOINT = "good.pt"  # the newest checkpoint written with no bad step since the previous
+HEADLINE = ("free/mcd_ratio", "free/aligned_rate", "val/mel_postnet")  # in "evaluation" events
+
+
+class _Latest(NamedTuple):
+    """The newest step's tensors, kept alive for a debug report."""
+
+    out: Tacotron2Output
+    batch: Batch
+    terms: LossTerms
 
 
 @dataclass
-class Session:
+class Session(RunSession):
     """One training process's model, optimizer, data, counters and outputs."""
 
     config: Config
@@ -71,24 +78,107 @@ class Session:
     stopper: EarlyStopping
     run_log: RunLog  # metrics.jsonl, events.jsonl and the caller's listeners (rank 0)
     state: TrainState = field(default_factory=TrainState)
+    latest: _Latest | None = None
 
     @property
-    def checkpoints(self) -> Path:
-        """RUN/checkpoints."""
-        return self.run_dir / "checkpoints"
+    def limits(self) -> RunLimits:
+        """train.max_steps, max_minutes, eval_every, sync_every; supervision.debug_every."""
+        t = self.config.train
+        return RunLimits(
+            max_steps=t.max_steps,
+            max_minutes=t.max_minutes,
+            eval_every=t.eval_every,
+            sync_every=self.env.sync_every,
+            debug_every=self.config.supervision.debug_every,
+        )
 
-    def close(self, status: RunStatus) -> None:
-        """Write the inference checkpoint model.pt (from best.pt), then tell the listeners
-        the run is over (they flush, upload, deliver), even if writing model.pt failed."""
-        best = self.checkpoints / "best.pt"
-        try:
-            if self.env.is_main and best.exists():
-                write_inference_checkpoint(best, self.checkpoints / "model.pt")
-        finally:
-            self.run_log.close(status)
+    def train_step(self, batch: Batch) -> StepNumbers:
+        """forward (autocast; the loss in fp32) -> backward -> unscale -> clip -> judge on
+        the device -> step, a bad step's update masked out there: nothing is read."""
+        config, env, step = self.config, self.env, self.state.step
+        host_batch, batch = batch, batch.to(env.device)
+        r = reduction_factor_at(config.model, step)
+        with torch.autocast(
+            env.device.type, dtype=env.autocast_dtype, enabled=env.autocast_dtype is not None
+        ):
+            out = self.wrapped(  # text lengths from the host: no device read
+                batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r
+            )
+        terms = tacotron2_loss(
+            out, batch.mel, batch.mel_lengths, batch.text, batch.text_lengths, config.loss, step
+        )
+        self.latest = _Latest(out, batch, terms)
+        # the norm the guard sees is the real one: unscaled, before clipping
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(poison_non_finite(terms.total)).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.train.grad_clip)
+        judged = self.judge(terms.total, grad_norm)
+        masked_step(self.optimizer, self.scaler, judged.bad)
+        self.scaler.update()
+        self.scheduler.step()
+        host = {"r": float(r), "learning_rate": float(self.scheduler.get_last_lr()[0])}
+        if terms.guided_attn is not None:
+            host["guided_attn_weight"] = terms.guided_attn_weight
+        return StepNumbers(judged, terms.tensors(), host)
+
+    def evaluate(self, elapsed: float) -> Evaluated:
+        """Validation losses, free-running decodes, the voice metric; samples; early stopping."""
+        state, stopper, config = self.state, self.stopper, self.config
+        r = reduction_factor_at(config.model, max(state.step - 1, 0))
+        evaluation = evaluate(
+            self.model,
+            self.data.val_batches,
+            self.data.utterances,
+            config,
+            state.step,
+            r,
+            self.env.device,
+        )
+        metrics = evaluation.metrics
+        update = stopper.update(
+            state.step,
+            evaluation.score,
+            metrics["free/aligned_rate"],
+            metrics.get("free/mcd_ratio", math.inf),
+        )
+        write_samples(self.run_dir, self.run_log, evaluation, config, state.step)
+        milestones: list[tuple[Event, dict[str, Any]]] = []
+        if update.newly_aligned:
+            milestones.append((Event.ALIGNED, {"aligned_rate": metrics["free/aligned_rate"]}))
+        if update.newly_voiced:
+            level = config.supervision.voice_ready_ratio
+            milestones.append(
+                (Event.VOICE_READY, {"mcd_ratio": metrics["free/mcd_ratio"], "level": level})
+            )
+        return Evaluated(
+            score=evaluation.score,
+            improved=update.improved,
+            metrics=metrics,
+            headline={k: metrics.get(k) for k in HEADLINE},
+            summary=(
+                f"voice metric {metrics.get('free/mcd_ratio', math.nan):.3f}, score "
+                f"{evaluation.score:.4f} (best {stopper.best_score:.4f} at step "
+                f"{stopper.best_step})"
+            ),
+            milestones=milestones,
+            stop_reason=update.stop_reason,
+            stop_detail={"detail": update.detail, **self.best()},
+        )
+
+    def best(self) -> dict[str, Any]:
+        return {"best_score": self.stopper.best_score, "best_step": self.stopper.best_step}
+
+    def progress_info(self, scalars: dict[str, float]) -> dict[str, str]:
+        """The loss and the newest voice metric."""
+        info = super().progress_info(scalars)
+        stopper = self.stopper
+        if stopper.last_step >= 0 and math.isfinite(stopper.last_voice_ratio):
+            info["voice metric"] = f"{stopper.last_voice_ratio:.2f} (step {stopper.last_step})"
+        return info
 
     def payload(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (see train/checkpoint.py)."""
+        """Everything a checkpoint holds (see tacotune/checkpoint.py)."""
         return {
             "config": config_payload(self.config),
             "text_frontend": self.data.frontend.state(),
@@ -107,55 +197,24 @@ class Session:
             "code_version": code_version(),
         }
 
-    def save(self, is_best: bool, step_copy: bool = True) -> None:
-        """Write last.pt (+ best.pt, step copy); mark it good if no step was bad since the last."""
-        write_checkpoints(self.run_dir, self.payload(), is_best, self.config.train, step_copy)
-        if self.guard.checkpoint_is_good():
-            copy_last(self.checkpoints, GOOD_CHECKPOINT)
-
-    def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Continue exactly from a checkpoint of this run."""
-        if checkpoint["dataset_fingerprint"] != self.fingerprint:
-            raise CheckpointError(
-                "the prepared dataset changed since this run started (fingerprint "
-                f"{checkpoint['dataset_fingerprint']} -> {self.fingerprint}); an exact resume "
-                "needs the same data: start a new run with --warm-start instead"
-            )
-        self._load_training_state(checkpoint)
-        self.state.load(checkpoint["state"])
-        self.guard.load_state_dict(checkpoint["guard"])
+    def restore_run_state(self, checkpoint: dict[str, Any]) -> None:
         self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.data.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"])
-        restore_rng_state(checkpoint["rng"])
 
-    def roll_back(self, reason: str) -> dict[str, Any]:
-        """Back to the last good checkpoint with a lower learning rate (or TrainingDiverged).
-
-        The data position keeps moving forward (the batches that hurt are not replayed);
-        the rollback history and the wall clock are not rolled back.
-        """
-        good = load_checkpoint(self.checkpoints / GOOD_CHECKPOINT)
-        record = self.guard.rolled_back(self.state.step, good["state"]["step"], reason)
-        self._load_training_state(good)
-        elapsed, eval_seconds = self.state.elapsed, self.state.eval_seconds
-        self.state.load(good["state"])
-        self.state.elapsed, self.state.eval_seconds = elapsed, eval_seconds
+    def after_rollback(self) -> None:
         for group in self.optimizer.param_groups:  # the new scale applies from the next step on
             group["lr"] = group["initial_lr"] * self.scheduler.lr_lambdas[0](self.state.step)
-        return record
 
-    def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
+    def load_training_state(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
 
-    def debug(
-        self, reason: str, out: Tacotron2Output, batch: Batch, terms: LossTerms, grad_norm: float
-    ) -> None:
-        """Write a debug report (rank 0), while this step's gradients are still there."""
-        if not self.env.is_main:
+    def debug(self, reason: str, grad_norm: float) -> None:
+        """Write a debug report of the newest step (rank 0), while its gradients are there."""
+        if not self.env.is_main or self.latest is None:
             return
+        out, batch, terms = self.latest
         context = {
             "step": self.state.step,
             "reason": reason,
@@ -177,45 +236,6 @@ class Session:
         self.run_log.event(self.state.step, Event.DEBUG_REPORT, reason=reason, path=str(path))
 
 
-# what a run directory holds (loop.py, records.py, runlog.py, debug.py, TensorBoard)
-RUN_ENTRIES = frozenset(
-    {
-        "config.yaml",
-        "events.jsonl",
-        "metrics.jsonl",
-        "checkpoints",
-        "samples",
-        "debug",
-        "tensorboard",
-    }
-)
-
-
-def check_new_run_dir(run_dir: Path) -> None:
-    """A new run needs a new or empty directory: training must never write its config.yaml,
-    checkpoints and logs into a prepared dataset or any other directory. A directory that
-    holds only what a run writes but no last.pt (a run that failed before its first
-    checkpoint) may be used again."""
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a training run; continue it with "
-            f"--resume {run_dir}, or train into a new directory"
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is a file; a run needs a new or empty directory")
-    foreign = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    foreign = [name for name in foreign if name not in RUN_ENTRIES]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (
-            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        )
-        raise ConfigError(
-            f"{run_dir} is not empty and holds no training run ({shown}); a run writes "
-            "config.yaml, checkpoints and logs into its directory, so it needs a new or empty "
-            "one: give another -o"
-        )
-
-
 def open_session(
     config: Config,
     prepared_dir: str | Path,
@@ -226,13 +246,12 @@ def open_session(
 ) -> Session:
     """Steps 1-4 of training: environment, data, model and optimizer, run directory."""
     source = warm_start if warm_start is not None else (config.train.warm_start or None)
-    if checkpoint is None:
-        check_new_run_dir(run_dir)
+    if checkpoint is None:  # a new run: only into a directory of its own (outputs.py)
+        check_output(run_dir, Kind.TRAINING_RUN)
     # a name that is no base voice, a base that does not fit: refused before any work
     start = resolve_warm_start(source, config) if checkpoint is None and source else None
     # 1. environment: threads, device, processes, precision, seeds
     env = setup_environment(config.train)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # 2. data: the prepared dataset, bucketed batches, validation, probes
     prepared = load_prepared(prepared_dir)
     data = build_training_data(prepared, config, env.rank, env.world_size)
@@ -264,25 +283,17 @@ def open_session(
     elif start is not None:
         merged, skipped = warm_start_state(model, load_checkpoint(start.path)["model"])
         model.load_state_dict(merged)
-    # 4. run directory: resolved config, a first rollback target, the "started" event
-    if env.is_main:
-        save_config(config, run_dir / "config.yaml")
-        if not (session.checkpoints / GOOD_CHECKPOINT).exists():
-            session.save(is_best=False, step_copy=False)
-        run_log.event(
-            session.state.step,
-            Event.RESUMED if checkpoint is not None else Event.STARTED,
-            world_size=env.world_size,
-            device=str(env.device),
-            precision=env.precision,
-            parameters=sum(p.numel() for p in model.parameters()),
-            dataset=prepared.fingerprint,
-            warm_start=str(start.path) if start is not None else None,
-            base_voice=start.voice.name if start is not None and start.voice else None,
-            warm_start_skipped=skipped,
-        )
+    # 4. run directory (made only now: data that cannot be read leaves none behind): resolved
+    # config, a first rollback target, the "started" event
+    run_dir.mkdir(parents=True, exist_ok=True)
+    session.announce(
+        checkpoint is not None,
+        parameters=sum(p.numel() for p in model.parameters()),
+        dataset=prepared.fingerprint,
+        warm_start=str(start.path) if start is not None else None,
+        base_voice=start.voice.name if start is not None and start.voice else None,
+        warm_start_skipped=skipped,
+    )
     for line in skipped:
         log.warning("warm start skipped %s", line)
-    if env.world_size > 1:
-        torch.distributed.barrier()  # every rank may need good.pt from now on
     return session

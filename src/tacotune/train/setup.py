@@ -15,7 +15,7 @@ clip -> step -> update), so clipping and the logged norm see real gradients.
 
 The optimizer is the fused AdamW: one kernel for all parameters, and it can skip a
 step on the device (`found_inf`), which lets the loop skip bad steps without reading
-the loss on the host every step (see train/step.py).
+the loss on the host every step (see train/readout.py).
 """
 
 from __future__ import annotations

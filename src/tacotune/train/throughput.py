@@ -83,7 +83,7 @@ def measure_step_rate(
         bad = limits.device_verdict(terms.total, grad_norm)
         masked_step(optimizer, scaler, bad)
         scaler.update()
-        readout.add(step + 1, terms, terms.total, grad_norm, bad, limits, {"r": float(r)})
+        readout.add(step + 1, terms.total, grad_norm, bad, limits, terms.tensors(), {"r": float(r)})
         if readout.due(step + 1):
             records += readout.read()
         if step >= warmup:

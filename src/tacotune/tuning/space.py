@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tacotune.config.load import config_from_dict, config_to_dict
+from tacotune.config.rules import validate
 from tacotune.config.schema import Config, SearchDimension
 
 if TYPE_CHECKING:  # the trial process applies values without importing Optuna
@@ -34,7 +35,7 @@ def apply(config: Config, values: Mapping[str, Any]) -> Config:
     for key, value in values.items():
         section, _, name = key.partition(".")
         tree[section][name] = value
-    return config_from_dict(tree).validate()
+    return validate(config_from_dict(tree))
 
 
 def current_value(config: Config, key: str) -> Any:
@@ -56,7 +57,7 @@ def short_values(values: Mapping[str, Any]) -> str:
 def _suggest(trial: optuna.Trial, dim: SearchDimension, config: Config) -> Any:
     if dim.choices:
         return trial.suggest_categorical(dim.key, list(dim.choices))
-    assert dim.low is not None and dim.high is not None  # Config.validate() checked it
+    assert dim.low is not None and dim.high is not None  # rules.validate() checked it
     section, _, name = dim.key.partition(".")
     kind = typing.get_type_hints(type(getattr(config, section)))[name]
     if kind is int:

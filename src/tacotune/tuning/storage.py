@@ -14,6 +14,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -55,18 +56,25 @@ def open_storage(url: str) -> BaseStorage:
     return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
-def sampler_seed(config: TuningConfig, worker: int) -> int:
-    """Each worker's own random stream: the same seed in every worker would make the first
-    trials of W workers one trial W times (their startup samples would coincide). Local
-    workers differ by their index; machines sharing a study, by their host name."""
-    host = zlib.crc32(socket.gethostname().encode()) % 1_000_003
-    return (config.seed + worker + 1_009 * host) % 2**31
+def sampler_seed(config: TuningConfig, worker: int, machine: str = "") -> int:
+    """The sampler seed of worker `worker`: its own stream, spawned from tuning.seed by
+    numpy's SeedSequence (the recommended way to parallel streams; adjacent seeds such as
+    seed + worker can give MT19937 near-equal first draws, and two workers started at
+    learning rates equal to 5 digits). The same seed in every worker would make their
+    first trials one trial W times. `machine` (a host name) separates the machines that
+    share a study on a database server; "" on one machine, where a seed gives the same
+    streams whatever the machine is called."""
+    entropy = [config.seed % 2**64, *([zlib.crc32(machine.encode())] if machine else [])]
+    stream = np.random.SeedSequence(entropy).spawn(worker + 1)[worker]
+    return int(stream.generate_state(1)[0])
 
 
-def make_sampler(config: TuningConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    config: TuningConfig, worker: int = 0, machine: str = ""
+) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, grouped for conditional dimensions), CMA-ES or random, seeded
-    for `worker` (see sampler_seed)."""
-    seed = sampler_seed(config, worker)
+    for `worker` on `machine` (see sampler_seed)."""
+    seed = sampler_seed(config, worker, machine)
     if config.sampler == "tpe":
         with warnings.catch_warnings():  # `group` has been "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -90,7 +98,7 @@ def make_pruner(config: TuningConfig) -> optuna.pruners.BasePruner:
         return median
     if config.pruner == "patient":
         return optuna.pruners.PatientPruner(median, patience=config.patience)
-    if config.pruner == "hyperband":  # (Config.validate() checked its budgets)
+    if config.pruner == "hyperband":  # (rules.validate() checked its budgets)
         return optuna.pruners.HyperbandPruner(
             min_resource=config.prune_after_step, max_resource=config.trial_max_steps
         )
@@ -101,11 +109,12 @@ def load_or_create_study(
     name: str, url: str, config: TuningConfig, worker: int = 0
 ) -> optuna.Study:
     """The study `name` in the storage, created on first use (minimizing the score), with
-    the sampler of `worker`."""
+    the sampler of `worker` (on a database server, of `worker` on this machine)."""
+    server = "://" in url and not url.startswith("sqlite:")  # other machines may join
     return optuna.create_study(
         study_name=name,
         storage=open_storage(url),
-        sampler=make_sampler(config, worker),
+        sampler=make_sampler(config, worker, socket.gethostname() if server else ""),
         pruner=make_pruner(config),
         direction="minimize",
         load_if_exists=True,

@@ -171,7 +171,7 @@ def _run_worker_processes(
     command = [
         sys.executable,
         "-m",
-        "tacotune.tuning.worker",
+        "tacotune.tuning.worker_main",
         str(study_dir),
         "--target",
         str(target),
@@ -209,13 +209,18 @@ def _run_worker_processes(
 
 
 def _follow(study: optuna.Study, processes: list[subprocess.Popen[bytes]], target: int) -> None:
-    """A progress bar of finished trials while the workers run."""
-    with progress.make_progress() as bar:
-        task = bar.add_task("trials", total=target)
+    """Progress of finished trials while the workers run (a bar, or lines off a terminal)."""
+    with progress.meter("trials finished", target) as meter:
         while any(p.poll() is None for p in processes):
-            bar.update(task, completed=_finished(study))
+            meter.update(_finished(study), **_best_so_far(study))
             time.sleep(2.0)
-        bar.update(task, completed=_finished(study))
+        meter.update(_finished(study), **_best_so_far(study))
+
+
+def _best_so_far(study: optuna.Study) -> dict[str, str]:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    scores = [t.value for t in trials if t.value is not None]
+    return {"best score": f"{min(scores):.4f}"} if scores else {}
 
 
 def _finished(study: optuna.Study) -> int:

@@ -28,7 +28,6 @@ from optuna.trial import TrialState
 
 from tacotune.config.schema import Config
 from tacotune.names import TrialOutcome
-from tacotune.signals import interrupt_on_sigterm
 from tacotune.tuning import space
 
 log = logging.getLogger(__name__)
@@ -327,36 +326,3 @@ def _alive(pid: int) -> bool:
 def _tail(trial_dir: Path, lines: int = 15) -> str:
     text = (trial_dir / "trial.log").read_text(encoding="utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tacotune.tuning.worker STUDY_DIR`: one worker process of `tacotune tune`."""
-    import argparse
-
-    from tacotune.tuning.study import worker_settings
-
-    parser = argparse.ArgumentParser(description="one tuning worker")
-    parser.add_argument("study_dir", type=Path)
-    parser.add_argument("--target", type=int, required=True)
-    parser.add_argument("--deadline", type=float, default=math.inf)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--index", type=int, default=0, help="this worker's number (0, 1, ...)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    interrupt_on_sigterm()  # `tacotune tune` stops its workers with SIGTERM
-    study, settings = worker_settings(
-        args.study_dir, args.target, args.deadline, args.threads, args.index
-    )
-    try:
-        worker_loop(study, settings)
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

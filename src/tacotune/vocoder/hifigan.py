@@ -6,7 +6,7 @@ stage a leaky ReLU and a transposed convolution that upsamples by u (kernel k_u,
 halved), followed by a multi-receptive field fusion (MRF) module: the mean of |k_r|
 residual blocks with kernel sizes k_r and dilations D_r. A final convolution to one
 channel and tanh give the waveform. Appendix A of the paper defines V1, V2, V3 (`PRESETS`,
-kept torch-free in presets.py so that validating a config does not import torch).
+kept torch-free in config/generators.py so that validating a config does not import torch).
 Details the paper leaves open follow the authors' reference implementation
 (github.com/jik876/hifi-gan, models.py): leaky ReLU slope 0.1 (0.01 before the last
 convolution), N(0, 0.01) initialization, padding (k_u - u) / 2, weight normalization
@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from tacotune.config.generators import PRESETS, GeneratorSpec, check_spec
 from tacotune.errors import ConfigError
-from tacotune.vocoder.presets import PRESETS, GeneratorSpec, check_spec
 
 __all__ = ["PRESETS", "Generator", "GeneratorSpec", "build_generator", "check_spec"]
 

@@ -23,6 +23,7 @@ import torch
 
 from tacotune.checkpoint import load_checkpoint
 from tacotune.config.load import coerce, config_to_dict
+from tacotune.config.rules import validate
 from tacotune.config.schema import AudioConfig, Config, VocoderConfig
 from tacotune.device import resolve_device
 from tacotune.errors import AudioError, CheckpointError, ConfigError
@@ -74,7 +75,7 @@ def read_payload(
     try:
         vocoder = coerce(payload["vocoder_config"], VocoderConfig, "vocoder")
         audio = coerce(payload["audio"], AudioConfig, "audio")
-        Config(audio=audio, vocoder=vocoder).validate()
+        validate(Config(audio=audio, vocoder=vocoder))
     except ConfigError as error:
         raise CheckpointError(f"{source} has an invalid vocoder config: {error}") from error
     if expected_audio is not None:

@@ -1,10 +1,8 @@
-"""What one vocoder training process holds, and the operations on all of it at once: build
-(fresh, warm-started or resumed), checkpoint, roll back, follow the epochs.
-
-The generic machinery is the acoustic loop's: setup_environment (device, precision,
-threads, seeds, process group), TrainState and the checkpoint files (train/records.py),
-the divergence guard, RunLog. What differs: two networks with an AdamW each, and learning
-rates that decay once per epoch (ExponentialLR, as in the paper), not per step.
+"""HiFi-GAN's part of a vocoder training run (the engine, train/engine.py, owns the
+lifecycle: checkpoints, rollback, resume, events): two networks with an AdamW each,
+learning rates that decay once per epoch (ExponentialLR, as in the paper), not per step;
+what a checkpoint holds; and `open_vocoder_session`, which builds it (fresh, warm-started
+or resumed). The training step and the evaluation are in vocoder/train.py.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import ExponentialLR
 from torch.utils.data import DataLoader
@@ -28,34 +27,47 @@ from tacotune.checkpoint import (
     code_version,
     config_payload,
     load_checkpoint,
-    restore_rng_state,
     rng_state,
     warm_start_state,
-    write_inference_checkpoint,
 )
-from tacotune.config.load import save_config
 from tacotune.config.schema import Config
 from tacotune.data.dataset import BucketBatchSampler
 from tacotune.data.manifest import PreparedDataset, load_prepared
 from tacotune.data.segments import SegmentDataset, VocoderItem
-from tacotune.errors import CheckpointError, ConfigError, DatasetError
-from tacotune.names import Event, RunStatus
+from tacotune.errors import CheckpointError, DatasetError
+from tacotune.names import Event
+from tacotune.outputs import Kind, check_output
 from tacotune.runlog import RunLog
 from tacotune.supervision.guard import DivergenceGuard
+from tacotune.train.engine import Evaluated, RunLimits, RunSession, StepNumbers
 from tacotune.train.inputs import Position, check_compatible, loader_workers
 from tacotune.train.ranks import barrier
-from tacotune.train.records import TrainState, copy_last, write_checkpoints
+from tacotune.train.records import TrainState
 from tacotune.train.setup import Environment, setup_environment
-from tacotune.vocoder.discriminators import Discriminator
-from tacotune.vocoder.evaluate import Clip, Evaluation, evaluate_griffin_lim, validation_clips
+from tacotune.vocoder.discriminators import Discriminator, DiscriminatorOutput, split_batch
+from tacotune.vocoder.evaluate import (
+    Clip,
+    Evaluation,
+    evaluate_generator,
+    evaluate_griffin_lim,
+    validation_clips,
+    write_samples,
+)
 from tacotune.vocoder.hifigan import Generator, build_generator
+from tacotune.vocoder.losses import (
+    DiscriminatorLoss,
+    GeneratorLoss,
+    discriminator_loss,
+    generator_loss,
+)
 from tacotune.vocoder.neural import PAYLOAD_KEYS, read_payload, vocoder_checkpoint, vocoder_payload
 from tacotune.vocoder.teacher import TeacherMels, teacher_forced_mels
 
 log = logging.getLogger(__name__)
 
-GOOD_CHECKPOINT = "good.pt"  # the newest checkpoint with no bad step since the previous one
 TEACHER_DIR = "teacher_mels"  # RUN/teacher_mels/<sha>/: an acoustic model's mels, cached
+# the numbers of the "vocoder_beats_griffin_lim" event (PESQ, where measured, too)
+BEATEN = ("eval/mcd", "gl/mcd", "eval/mel_l1", "gl/mel_l1")
 RECORDINGS = {"source": "recordings"}  # the "mels" entry of a run on the prepared mels
 # what a vocoder's checkpoints/model.pt keeps of best.pt (see vocoder/neural.py)
 INFERENCE_KEYS = (*PAYLOAD_KEYS, "config", "state", "mels", "dataset_fingerprint", "code_version")
@@ -64,6 +76,8 @@ INFERENCE_KEYS = (*PAYLOAD_KEYS, "config", "state", "mels", "dataset_fingerprint
 @dataclass
 class VocoderState(TrainState):
     """The loop's counters (TrainState) and the run's best; saved in every checkpoint."""
+
+    ROLLBACK_KEEPS = (*TrainState.ROLLBACK_KEEPS, "best_score", "best_step", "beat_griffin_lim_at")
 
     best_score: float = math.inf  # the lowest eval/mel_l1 so far
     best_step: int = 0
@@ -116,8 +130,13 @@ class VocoderData:
 
 
 @dataclass
-class VocoderSession:
-    """One vocoder training process's networks, optimizers, data, counters and outputs."""
+class VocoderSession(RunSession):
+    """One vocoder training process's networks, optimizers, data, counters and outputs
+    (the step and the evaluation: vocoder/train.py's VocoderRun)."""
+
+    KIND = "vocoder run"
+    INFERENCE_KEYS = INFERENCE_KEYS
+    VOCODER_REPORT = True
 
     config: Config
     env: Environment
@@ -140,11 +159,6 @@ class VocoderSession:
     state: VocoderState = field(default_factory=VocoderState)
     reference: Evaluation | None = None  # Griffin-Lim on the validation clips (computed once)
 
-    @property
-    def checkpoints(self) -> Path:
-        """RUN/checkpoints."""
-        return self.run_dir / "checkpoints"
-
     def griffin_lim(self) -> Evaluation:
         """Griffin-Lim's numbers on the validation clips (the first call computes them)."""
         if self.reference is None:
@@ -157,16 +171,6 @@ class VocoderSession:
         while self.sched_g.last_epoch < self.data.finished_epochs:
             self.sched_g.step()
             self.sched_d.step()
-
-    def close(self, status: RunStatus) -> None:
-        """Write checkpoints/model.pt (best.pt without optimizer state), then tell the
-        listeners the run is over, even if writing model.pt failed."""
-        best = self.checkpoints / "best.pt"
-        try:
-            if self.env.is_main and best.exists():
-                write_inference_checkpoint(best, self.checkpoints / "model.pt", INFERENCE_KEYS)
-        finally:
-            self.run_log.close(status)
 
     def payload(self) -> dict[str, Any]:
         """Everything a checkpoint holds (vocoder/neural.py's keys first)."""
@@ -189,26 +193,6 @@ class VocoderSession:
             "code_version": code_version(),
         }
 
-    def save(self, is_best: bool, step_copy: bool = True) -> None:
-        """Write last.pt (+ best.pt, step copy); mark it good if no step was bad since the last."""
-        write_checkpoints(self.run_dir, self.payload(), is_best, self.config.train, step_copy)
-        if self.guard.checkpoint_is_good():
-            copy_last(self.checkpoints, GOOD_CHECKPOINT)
-
-    def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Continue exactly from a checkpoint of this run."""
-        if checkpoint["dataset_fingerprint"] != self.fingerprint:
-            raise CheckpointError(
-                "the prepared dataset changed since this vocoder run started (fingerprint "
-                f"{checkpoint['dataset_fingerprint']} -> {self.fingerprint}); an exact resume "
-                "needs the same data: start a new run with --warm-start instead"
-            )
-        self._load_training_state(checkpoint)
-        self.state.load(checkpoint["state"])
-        self.guard.load_state_dict(checkpoint["guard"])
-        self.data.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"])
-        restore_rng_state(checkpoint["rng"])
-
     def warm_start(self, path: str | Path) -> list[str]:
         """Start from another vocoder's weights (the generator; the discriminators too when
         the checkpoint holds them); returns what was skipped for a differing shape."""
@@ -223,32 +207,154 @@ class VocoderSession:
                 skipped += [f"{name}.{line}" for line in missed]
         return skipped
 
-    def roll_back(self, reason: str) -> dict[str, Any]:
-        """Back to the last good checkpoint with lower learning rates (or TrainingDiverged).
+    def train_step(self, batch: VocoderItem) -> StepNumbers:
+        """The generator renders a batch of segments; the discriminators step on real vs
+        generated audio (first, as in the paper); the guard judges both halves together and
+        a bad step skips the generator's update; an epoch's last step decays both learning
+        rates. The verdict is read on the host at once (the update waits for it)."""
+        real = batch.audio.to(self.env.device).unsqueeze(1)  # (B, N) -> (B, 1, N)
+        mel = batch.mel.to(self.env.device)  # (B, n_mels, N / hop)
+        with self._autocast():
+            fake = self.wrapped_generator(mel)  # (B, 1, N)
+        d_terms, d_norm = self._discriminator_step(real, fake)
+        g_terms, g_norm = self._generator_backward(real, fake)
+        norm = torch.tensor(math.hypot(g_norm, d_norm), device=self.env.device)
+        judged = self.judge(g_terms.total.detach().float() + d_terms.total.detach().float(), norm)
+        if not bool(judged.bad):
+            self.scaler.step(self.optim_g)
+        self.scaler.update()
+        self.follow_epochs()  # an epoch's last step decays both learning rates
+        terms = {f"g_{k}": v for k, v in g_terms._asdict().items()}
+        terms.update({f"d_{k}": v for k, v in d_terms._asdict().items()})
+        host = {
+            "grad_norm_g": g_norm,
+            "grad_norm_d": d_norm,
+            "learning_rate": float(self.optim_g.param_groups[0]["lr"]),
+        }
+        return StepNumbers(judged, terms, host)
 
-        The data position keeps moving forward (the batches that hurt are not replayed);
-        the rollback history and the wall clock are not rolled back.
-        """
-        good = load_checkpoint(self.checkpoints / GOOD_CHECKPOINT)
-        record = self.guard.rolled_back(self.state.step, good["state"]["step"], reason)
-        self._load_training_state(good)
-        elapsed, eval_seconds = self.state.elapsed, self.state.eval_seconds
-        best = self.state.best_score, self.state.best_step, self.state.beat_griffin_lim_at
-        self.state.load(good["state"])
-        self.state.elapsed, self.state.eval_seconds = elapsed, eval_seconds
-        self.state.best_score, self.state.best_step, self.state.beat_griffin_lim_at = best
+    def _autocast(self) -> torch.autocast:
+        env = self.env
+        return torch.autocast(
+            env.device.type, dtype=env.autocast_dtype, enabled=env.autocast_dtype is not None
+        )
+
+    def _judge_audio(self, audio: Tensor) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+        """The discriminators on real and generated audio in one pass: (2B, 1, N) in,
+        (real, generated) verdicts out."""
+        with self._autocast():
+            out = self.wrapped_discriminator(audio)
+        return split_batch(out, audio.shape[0] // 2)
+
+    def _discriminator_step(self, real: Tensor, fake: Tensor) -> tuple[DiscriminatorLoss, float]:
+        """Backward and (unless non-finite) update of the discriminators; their gradient norm."""
+        on_real, on_fake = self._judge_audio(torch.cat([real, fake.detach()]))
+        terms = discriminator_loss(on_real, on_fake)
+        self.optim_d.zero_grad(set_to_none=True)  # also clears what the generator left there
+        self.scaler.scale(terms.total).backward()
+        self.scaler.unscale_(self.optim_d)
+        norm = _grad_norm(self.discriminator)
+        finite = math.isfinite(float(terms.total.detach())) and math.isfinite(norm)
+        if finite or self.env.precision == "fp16":  # fp16: the scaler skips inf gradients
+            self.scaler.step(self.optim_d)
+        return terms, norm
+
+    def _generator_backward(self, real: Tensor, fake: Tensor) -> tuple[GeneratorLoss, float]:
+        """The generator's loss against the updated discriminators, its gradients (unscaled)
+        and their norm; the update waits for the guard."""
+        on_real, on_fake = self._judge_audio(torch.cat([real, fake]))
+        terms = generator_loss(on_real, on_fake, real, fake, self.mel, self.config.vocoder)
+        self.optim_g.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.unscale_(self.optim_g)
+        return terms, _grad_norm(self.generator)
+
+    def evaluate(self, elapsed: float) -> Evaluated:
+        """The vocoder and Griffin-Lim on the validation clips; samples; the run's best."""
+        state = self.state
+        ours = evaluate_generator(
+            self.generator, self.data.clips, self.config.audio, self.env.device
+        )
+        first = self.reference is None
+        theirs = self.griffin_lim()
+        score = ours.metrics["eval/mel_l1"]
+        improved = score < state.best_score
+        if improved:
+            state.best_score, state.best_step = score, state.step
+        metrics = {
+            **ours.metrics,
+            **theirs.metrics,
+            "score": score,
+            "epoch": float(self.data.position.epoch),
+        }
+        milestones: list[tuple[Event, dict[str, Any]]] = []
+        if metrics["eval/mcd"] < metrics["gl/mcd"] and not state.beat_griffin_lim_at:
+            state.beat_griffin_lim_at = state.step
+            beaten: dict[str, float | None] = {
+                k: metrics[k] for k in ("eval/mcd", "gl/mcd", "eval/mel_l1", "gl/mel_l1")
+            }
+            beaten.update({k: metrics.get(k) for k in ("eval/pesq", "gl/pesq")})  # MCD is not all
+            milestones.append(
+                (Event.VOCODER_BEATS_GRIFFIN_LIM, {**beaten, "minutes": elapsed / 60})
+            )
+        rate = self.config.audio.sample_rate
+        write_samples(self.run_dir, self.run_log, ours, theirs, rate, state.step, first)
+        return Evaluated(
+            score=score,
+            improved=improved,
+            metrics=metrics,
+            headline={k: metrics.get(k) for k in ("eval/mcd", "gl/mcd", "eval/pesq", "gl/pesq")},
+            summary=(
+                f"mel L1 {score:.3f} (best {state.best_score:.3f} at step {state.best_step}), "
+                f"MCD {metrics['eval/mcd']:.2f} dB (Griffin-Lim {metrics['gl/mcd']:.2f} dB)"
+            ),
+            milestones=milestones,
+        )
+
+    @property
+    def limits(self) -> RunLimits:
+        """vocoder.max_steps, max_minutes, eval_every, checkpoint_every; the host reads
+        every step (the discriminators' update is decided there)."""
+        v = self.config.vocoder
+        return RunLimits(
+            max_steps=v.max_steps,
+            max_minutes=v.max_minutes,
+            eval_every=v.eval_every,
+            checkpoint_every=v.checkpoint_every,
+            label="vocoder",
+        )
+
+    def after_rollback(self) -> None:
+        """The epoch's decayed learning rates, times the guard's lowered scale."""
         epoch = self.data.finished_epochs
         for optimizer, scheduler in ((self.optim_g, self.sched_g), (self.optim_d, self.sched_d)):
             scheduler.last_epoch = epoch
             for group in optimizer.param_groups:  # the scale applies from the next step on
                 group["lr"] = group["initial_lr"] * scheduler.gamma**epoch * self.guard.lr_scale
-        return record
 
-    def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
+    def load_training_state(self, checkpoint: dict[str, Any]) -> None:
         self.generator.load_state_dict(checkpoint["generator"])
         self.discriminator.load_state_dict(checkpoint["discriminator"])
         for name in ("optim_g", "optim_d", "sched_g", "sched_d", "scaler"):
             getattr(self, name).load_state_dict(checkpoint[name])
+
+    def best(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "best_score": state.best_score,
+            "best_step": state.best_step,
+            "beat_griffin_lim_at": state.beat_griffin_lim_at,
+        }
+
+    def progress_info(self, scalars: dict[str, float]) -> dict[str, str]:
+        """The generator's mel L1."""
+        return {"mel L1": f"{scalars['g_mel']:.3f}"}
+
+
+def _grad_norm(network: torch.nn.Module) -> float:
+    """The global L2 norm of a network's gradients (nothing is clipped: the paper does not)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def build_vocoder_data(
@@ -280,17 +386,15 @@ def open_vocoder_session(
 ) -> VocoderSession:
     """Steps 1-4 of vocoder training: environment, data (and teacher-forced mels), networks
     and optimizers, run directory."""
-    if checkpoint is None and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a vocoder training run; continue it with "
-            f"--resume {run_dir}, or train into a new directory"
-        )
+    if checkpoint is None:  # a new run: only into a directory of its own (outputs.py)
+        check_output(run_dir, Kind.VOCODER_RUN)
     # 1. environment: threads, device, processes, precision, seeds
     env = setup_environment(config.train)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # 2. data: the prepared audio, with its own mels or an acoustic model's
+    # 2. data: the prepared audio, with its own mels or an acoustic model's (the run
+    # directory is made only once they are known to fit: a refusal leaves none behind)
     prepared = load_prepared(prepared_dir)
     check_compatible(config, prepared, sections=("audio",))
+    run_dir.mkdir(parents=True, exist_ok=True)
     mels = _teacher_mels(from_acoustic, prepared, run_dir, env, checkpoint)
     data = build_vocoder_data(prepared, config, env, mels.directory if mels else None)
     # 3. networks, optimizers (AdamW each), per-epoch decay, scaler, guard
@@ -301,25 +405,16 @@ def open_vocoder_session(
     elif warm_start is not None:
         skipped = session.warm_start(warm_start)
     # 4. run directory: resolved config, a first rollback target, the "started" event
-    if env.is_main:
-        save_config(config, run_dir / "config.yaml")
-        if not (session.checkpoints / GOOD_CHECKPOINT).exists():
-            session.save(is_best=False, step_copy=False)
-        run_log.event(
-            session.state.step,
-            Event.RESUMED if checkpoint is not None else Event.STARTED,
-            world_size=env.world_size,
-            device=str(env.device),
-            precision=env.precision,
-            parameters=sum(p.numel() for p in session.generator.parameters()),
-            discriminator_parameters=sum(p.numel() for p in session.discriminator.parameters()),
-            dataset=prepared.fingerprint,
-            mels=mels.facts() if mels else RECORDINGS,
-            warm_start_skipped=skipped,
-        )
+    session.announce(
+        checkpoint is not None,
+        parameters=sum(p.numel() for p in session.generator.parameters()),
+        discriminator_parameters=sum(p.numel() for p in session.discriminator.parameters()),
+        dataset=prepared.fingerprint,
+        mels=mels.facts() if mels else RECORDINGS,
+        warm_start_skipped=skipped,
+    )
     for line in skipped:
         log.warning("warm start skipped %s", line)
-    barrier(env.world_size)  # every rank may need good.pt from now on
     return session
 
 

@@ -26,14 +26,13 @@ import numpy as np
 import torch
 
 from tacotune import progress
-from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.checkpoint import best_in_run, checkpoint_config, load_checkpoint
 from tacotune.config.schema import AudioConfig
 from tacotune.data.dataset import Collate, TextMelDataset
 from tacotune.data.manifest import ManifestEntry, PreparedDataset
 from tacotune.errors import CheckpointError
 from tacotune.files import atomic_writer, file_sha256, write_json_atomic
 from tacotune.model.tacotron2 import Tacotron2, pad_multiple
-from tacotune.synthesize import best_in_run
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """HiFi-GAN generator sizes (Kong, Kim, Bae 2020, arXiv:2010.05646, Appendix A), torch-free.
 
-`Config.validate()` checks the preset named by `vocoder.generator` against the hop length
+`config.rules.validate` checks the preset named by `vocoder.generator` against the hop length
 without importing torch; `hifigan.Generator` builds the network from a spec.
 """
 
