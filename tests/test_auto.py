@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tacotune.auto import pipeline as auto
+from tacotune.auto.inputs import check_arguments, read_state
 from tacotune.config import Config, load_config
 from tacotune.registry import Registry
 
@@ -92,7 +93,7 @@ def test_auto_goes_from_data_to_a_registered_voice_with_a_report(
     ):
         assert piece in report, piece
     assert (out / "samples" / "probe_0.wav").exists()
-    state = json.loads((out / "auto.json").read_text())
+    state = read_state(out / "auto.json")  # as a resumed run reads it: a real one passes
     assert 0 < state["spent_seconds"] < state["budget_seconds"]
     assert stages["alert"]["delivered"]  # (to the log: no other notifier is configured)
 
@@ -168,6 +169,11 @@ def test_the_plan_fits_the_hardware_and_says_why() -> None:
     assert hour.final_minutes >= 30.0  # the final model gets at least half
     paper_on_cpu = make_plan(Config(), "base", rate=0.26, minutes=15.0, reasons=[])
     assert paper_on_cpu.trials == 0  # the measured failure: 6 trials that learned nothing
+    wide = make_plan(config, "demo", rate=2.0, minutes=600.0, reasons=[])
+    assert "model.reduction_factor" in wide.tuned
+    warm = make_plan(config, "demo", rate=2.0, minutes=600.0, reasons=[], warm_start="ru-base")
+    assert "model.reduction_factor" not in warm.tuned and warm.trials == wide.trials
+    assert "not searched: model.reduction_factor (the weights of ru-base fix them)" in warm.reasons
 
 
 def test_auto_continues_where_it_was_interrupted(
@@ -284,7 +290,7 @@ def test_auto_trains_a_vocoder_when_the_plan_has_time_and_uses_it_if_it_wins(
     assert version.vocoder() is not None  # registered with the voice
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "**HiFi-GAN (`vocoder/`)** speaks" in report and "| Griffin-Lim |" in report
-    state = json.loads((out / "auto.json").read_text())
+    state = read_state(out / "auto.json")  # as a resumed run reads it: a real one passes
     assert state["spent_seconds"] < state["budget_seconds"]
 
 
@@ -332,3 +338,112 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
     assert job.config().train.warm_start == "ru-base-small"
     state.stages["plan"] = {**facts, "warm_start": ""}
     assert job.config().train.warm_start == ""
+
+
+# --- refused before any work: arguments and a damaged auto.json -------------------------------
+
+
+def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The one error line of `tacotune auto ARGS`, which must exit 1 without a traceback."""
+    from tacotune.cli import main
+
+    capsys.readouterr()
+    code = main(["-q", "auto", *args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert code == 1 and "Traceback" not in err and len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        (["--budget", "-5"], "--budget must be a positive number of minutes, found -5.0"),
+        (["--budget", "0"], "--budget must be a positive number of minutes"),
+        (["--budget", "nan"], "--budget must be a positive number of minutes, found nan"),
+        (["--budget", "inf"], "--budget must be a positive number of minutes, found inf"),
+        (["--budget", "1e308"], "--budget must be a positive number of minutes"),
+        (["--workers", "0"], "--workers must be at least 1, found 0"),
+        (["--name", "../voice"], "model name '../voice' is not allowed"),
+    ],
+)
+def test_impossible_arguments_are_refused_before_any_work(
+    argument: list[str], expected: str, data_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    out = tmp_path / "out"
+    assert expected in refused(capsys, str(data_dir), "-o", str(out), *argument)
+    assert not out.exists()  # nothing prepared, trained or registered
+
+
+@pytest.mark.parametrize("folder", [".hidden", "v" * 200, "two words"])
+def test_a_data_folder_that_cannot_name_the_voice_asks_for_name_at_once(
+    folder: str, tmp_path: Path, capsys: Any
+) -> None:
+    data, out = tmp_path / folder, tmp_path / "out"
+    data.mkdir()
+    message = refused(capsys, str(data), "-o", str(out))
+    assert "named after the data folder" in message and "--name NAME" in message, message
+    assert not out.exists()
+
+
+def test_a_data_folder_in_any_script_names_the_voice(tmp_path: Path) -> None:
+    assert check_arguments(10.0, 1, None, tmp_path / "голос") == "голос"
+    assert check_arguments(10.0, 1, "мой_голос", tmp_path / ".hidden") == "мой_голос"
+
+
+def _state(**changes: Any) -> dict[str, Any]:
+    """auto.json after the prepare stage, with `changes`."""
+    prepare = {"rows": 12, "kept": 12, "excluded": 0, "hours": 0.01, "seconds": 3.0}
+    state = {"budget_seconds": 600.0, "spent_seconds": 3.0, "stages": {"prepare": prepare}}
+    return {**state, "context": {"prepare_seconds": 3.0}, **changes}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"budget_seconds": 600, "stages": {', "it is not valid JSON"),
+        (b"\xff\xfe{}", "it is not UTF-8 text"),
+        ("[600, 0]", "it holds list, not an object"),
+        ("[" * 100_000, "nested too deeply"),
+        (_state(budget_seconds="600"), "budget_seconds must be a positive number, found '600'"),
+        (_state(spent_seconds=-1), "spent_seconds must be a number >= 0, found -1"),
+        (_state(stages=[]), "stages and context must be objects"),
+        (_state(stages={"plan": {}}), "stages holds ['plan'], but stages finish in the order"),
+        (
+            _state(stages={"prepare": {**_state()["stages"]["prepare"], "hours": "a lot"}}),
+            "stages.prepare.hours must be int/float, found 'a lot'",
+        ),
+        (_state(stages={"prepare": {"rows": 12}}), "stages.prepare lacks kept"),
+        (_state(context={"final_run_id": 7}), "context.final_run_id must be str/null, found 7"),
+    ],
+    ids=[
+        "truncated", "binary", "list", "deep", "budget-text", "negative-spent", "stages-list",
+        "stage-order", "fact-type", "missing-fact", "context-type",
+    ],
+)  # fmt: skip
+def test_a_damaged_auto_json_is_one_line_before_any_work(
+    content: str | bytes | dict[str, Any],
+    expected: str,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: Any,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    if isinstance(content, dict):
+        content = json.dumps(content)
+    raw = content if isinstance(content, bytes) else content.encode()
+    (out / "auto.json").write_bytes(raw)
+    message = refused(capsys, str(data_dir), "-o", str(out), "--budget", "10")
+    assert f"{out / 'auto.json'} is damaged: " in message and expected in message, message
+    assert "new -o directory" in message
+    assert [p.name for p in out.iterdir()] == ["auto.json"]  # nothing else written
+    assert (out / "auto.json").read_bytes() == raw  # and the file left as it was
+
+
+def test_a_budget_overrun_that_rounds_to_nothing_is_within_budget() -> None:
+    from tacotune.auto.report import _budget_line
+
+    budget = {"spent_minutes": 10.04, "budget_minutes": 10.0}
+    assert _budget_line({**budget, "over_minutes": 0.04}).startswith("Within budget: 10.0 of")
+    assert "(0.2 min over" in _budget_line({**budget, "over_minutes": 0.2})

@@ -125,17 +125,22 @@ def test_training_into_a_directory_that_holds_no_run_is_refused(
     before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
     code, _, err = _cli(capsys, "train", str(prepared), "-o", str(dataset), *SETS)
     assert code == 1
-    listed = re.search(
-        rf"{re.escape(str(dataset))} is not empty and holds no training run \((.*?)\)", _error(err)
-    )
-    assert listed is not None, err
-    assert "manifest.jsonl" in listed.group(1)
-    assert "config.yaml" not in listed.group(1)  # a run's own files are not the problem
+    assert _error(err).startswith(f"-o {dataset} is a prepared dataset, not a training run: ")
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+    mixed = tmp_path / "mixed"  # a run's files and one of the user's
+    (mixed / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "notes.txt"):
+        (mixed / name).write_text("mine", encoding="utf-8")
+    code, _, err = _cli(capsys, "train", str(prepared), "-o", str(mixed), *SETS)
+    listed = re.search(
+        rf"-o {re.escape(str(mixed))} is not empty and holds no training run \((.*?)\)", _error(err)
+    )
+    assert code == 1 and listed is not None, err
+    assert listed.group(1) == "notes.txt"  # a run's own files are not the problem
     afile = tmp_path / "notes.txt"
     afile.write_text("notes", encoding="utf-8")
     code, _, err = _cli(capsys, "train", str(prepared), "-o", str(afile), *SETS)
-    assert code == 1 and "is a file; a run needs a new or empty directory" in _error(err)
+    assert code == 1 and f"-o {afile} is a file, not a directory" in _error(err)
 
 
 @pytest.mark.slow
@@ -387,7 +392,7 @@ def test_listing_a_mistyped_registry_root_says_so(
     missing = tmp_path / "regsitry"
     code, out, err = _cli(capsys, "registry", "list", "--root", str(missing))
     assert code == 1 and out == ""
-    assert f"registry {missing} does not exist; check --root" in _error(err)
+    assert f"no registry at {missing}: the directory does not exist; check --root" in _error(err)
     code, out, err = _cli(capsys, "registry", "list", "--root", str(tmp_path))
     assert code == 1 and out == ""
     assert f"{tmp_path} holds no registry: nothing was ever registered there" in _error(err)
@@ -568,7 +573,8 @@ def test_a_long_file_writes_each_batch_and_logs_progress_without_a_terminal(
     monkeypatch.setattr(synthesize.Synthesizer, "speak_split", speak_split)
     out = tmp_path / "out"
     argv = ["synthesize", str(voice), "--file", str(tmp_path / "lines.txt"), "--out-dir", str(out)]
-    code, _, err = _cli(capsys, *argv)
+    code = main(argv)  # without -q: progress lines, as under a pipe or nohup
+    err = capsys.readouterr().err
     assert code == 130
     assert batches == [texts[:2], texts[2:4], texts[4:]]
     assert sorted(p.name for p in out.iterdir()) == [
@@ -580,4 +586,4 @@ def test_a_long_file_writes_each_batch_and_logs_progress_without_a_terminal(
     ]
     summary = json.loads((out / "synthesis.json").read_text(encoding="utf-8"))
     assert [record["text"] for record in summary] == texts[:4]
-    assert "synthesized 2 of 5 texts" in err and "synthesized 4 of 5 texts" in err
+    assert "synthesized texts: 2/5 (40%)" in err and "synthesized texts: 4/5 (80%)" in err

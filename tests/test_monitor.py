@@ -39,8 +39,8 @@ FIRST_EVAL = {
     "score": 0.9,
     "val/mel_postnet": 1.25,
     "free/diagonality": 0.3,
-    "train/learning_rate": 0.001,
-    "train/grad_norm": None,  # non-finite values are written as null
+    "train_mean/learning_rate": 0.001,
+    "train_mean/grad_norm": None,  # non-finite values are written as null
 }
 SECOND_EVAL = {
     "step": 200,
@@ -49,8 +49,8 @@ SECOND_EVAL = {
     "val/mel_postnet": 1.0,
     "free/diagonality": 0.6,
     "free/quality": 0.7,  # new in this record: no trend yet
-    "train/learning_rate": 0.001,
-    "train/grad_norm": 3.5,
+    "train_mean/learning_rate": 0.001,
+    "train_mean/grad_norm": 3.5,
 }
 STARTED = {"time": T0, "step": 0, "event": "started", "device": "cpu", "precision": "fp32"}
 RUNNING_EVENTS = [
@@ -99,7 +99,7 @@ def test_running_run(tmp_path: Path) -> None:
         "score": "↓",
         "val/mel_postnet": "↓",
         "free/diagonality": "↑",
-        "train/learning_rate": "→",
+        "train_mean/learning_rate": "→",
     }  # free/quality is new and train/grad_norm was null before: no trend
     assert snap.best == (200, 0.4321)
     assert snap.latest["score"] == 0.4321
@@ -220,7 +220,13 @@ def test_render_shows_header_present_metrics_best_and_events(tmp_path: Path) -> 
     assert "step 200/600" in text
     assert "2.5 steps/s" in text
     assert "ETA 0:02:40" in text
-    for name in ("score", "val/mel_postnet", "free/diagonality", "free/quality", "train/grad_norm"):
+    for name in (
+        "score",
+        "val/mel_postnet",
+        "free/diagonality",
+        "free/quality",
+        "train_mean/grad_norm",
+    ):
         assert name in text
     assert "val/gate" not in text  # not in the metrics: not shown
     assert "0.4321" in text
@@ -247,6 +253,20 @@ def test_monitor_once(tmp_path: Path) -> None:
     assert "0.4321" in text
     assert "best" in text
     assert "started" in text
+
+
+def test_monitor_once_prints_to_stdout_at_full_width(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`monitor --once > f` holds the whole view: stdout, not stderr; not cut at 80 columns."""
+    from tacotune.cli import main
+
+    run = make_run(tmp_path, name="a-run-with-a-long-name-" * 3)
+    assert main(["-q", "monitor", str(run), "--once"]) == 0
+    out, err = capsys.readouterr()
+    assert "train_mean/learning_rate" in out and "200/600" in out
+    assert "train_mean/learning_rate" not in err
+    assert any(run.name in line for line in out.splitlines())  # not wrapped at 80 columns
 
 
 def test_monitor_returns_at_once_on_a_finished_run(tmp_path: Path) -> None:

@@ -233,3 +233,27 @@ def test_a_three_column_file_keeps_three_columns_for_every_row(make_ljspeech: Bu
         "expected 3 columns (id|raw|normalized) like the rest of metadata.csv, found 2"
     )
     assert report["totals"]["kept"] == 9
+
+
+def test_training_on_raw_data_hints_a_prepare_command_that_is_safe_to_run(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hint is a command that runs as printed and writes nothing into the raw dataset."""
+    import re
+    import shlex
+    import shutil
+
+    from tacotune.cli import main
+
+    raw = tmp_path / "my voice"  # a space: the printed command must quote it
+    shutil.copytree(prepared.parent / "lj", raw)
+    before = sorted(str(p.relative_to(raw)) for p in raw.rglob("*"))
+    assert main(["-q", "train", str(raw), "-o", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # a refused command leaves no empty directory
+    hint = re.search(r"`(tacotune prepare [^`]*)`", error)
+    assert hint is not None, error
+    argv = shlex.split(hint.group(1))[1:]
+    assert main(["-q", *argv, "--set", "data.workers=1"]) == 0
+    assert sorted(str(p.relative_to(raw)) for p in raw.rglob("*")) == before  # untouched
+    assert load_prepared(tmp_path / "my voice-prepared").entries

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,58 @@ def test_cli_synthesize_writes_wavs_and_plots(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "0001.wav",
-        "0002.wav",
+        "0003.wav",  # named by its line: the blank line 2 keeps its number
         "synthesis.json",
     ]
+
+
+def _tacotune(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """`python -m tacotune ARGV` as a user's shell runs it: bytes in, bytes out."""
+    return subprocess.run(
+        [sys.executable, "-m", "tacotune", *argv], input=stdin, capture_output=True, timeout=300
+    )
+
+
+def test_cli_synthesize_pipes_like_piper(tmp_path: Path) -> None:
+    """`echo "Привет." | tacotune synthesize RUN --file - -o - > a.wav` plays; --raw streams PCM."""
+    model = tmp_path / "model.pt"
+    save_checkpoint(model, untrained_payload("model.max_decoder_steps=20"))
+    text = "Привет.\n\nКак дела?\n".encode()
+    wav = _tacotune("synthesize", str(model), "--file", "-", "-o", "-", stdin=text)
+    assert wav.returncode == 0, wav.stderr.decode()
+    audio, rate = sf.read(io.BytesIO(wav.stdout), dtype="int16")
+    assert rate == 22050 and len(audio) > 0
+    raw = _tacotune("synthesize", str(model), "--file", "-", "-o", "-", "--raw", stdin=text)
+    assert raw.returncode == 0, raw.stderr.decode()
+    pcm = np.frombuffer(raw.stdout, dtype="<i2")
+    assert len(pcm) == len(audio) and np.abs(pcm).max() > 0  # both texts and the pause
+    assert b"PCM at 22050 Hz" in raw.stderr
+
+
+@pytest.mark.parametrize("suffix", [".mp3", ".ogg", ".flac"])
+def test_cli_synthesize_writes_the_format_its_suffix_names(tmp_path: Path, suffix: str) -> None:
+    from tacotune.cli import main
+
+    save_checkpoint(tmp_path / "model.pt", untrained_payload("model.max_decoder_steps=20"))
+    out = tmp_path / f"hello{suffix}"
+    assert main(["-q", "synthesize", str(tmp_path / "model.pt"), "Привет.", "-o", str(out)]) == 0
+    info = sf.info(out)
+    assert info.format == {".mp3": "MP3", ".ogg": "OGG", ".flac": "FLAC"}[suffix]
+    assert info.samplerate == 22050 and info.frames > 0
+
+
+def test_cli_synthesize_names_the_bad_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+
+    save_checkpoint(tmp_path / "model.pt", untrained_payload())
+    (tmp_path / "lines.txt").write_text("раз два.\n\n🙂\n", encoding="utf-8")
+    argv = ["-q", "synthesize", str(tmp_path / "model.pt"), "--file", str(tmp_path / "lines.txt")]
+    assert main([*argv, "--out-dir", str(tmp_path / "out")]) == 1
+    assert f"--file {tmp_path / 'lines.txt'}, line 3: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    assert main([*argv, "-o", str(tmp_path / "x.wav")]) == 1
+    assert "-o takes only -" in capsys.readouterr().err
+    assert main(["-q", "synthesize", str(tmp_path / "model.pt"), "да.", "--raw"]) == 1
+    assert "--raw writes 16-bit PCM to standard output" in capsys.readouterr().err

@@ -9,6 +9,7 @@ log(clamp(mel, 1e-5)). A clip of N samples therefore has N // hop_length frames.
 from __future__ import annotations
 
 import functools
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,31 @@ def save_wav(path: str | Path, samples: np.ndarray | torch.Tensor, sample_rate: 
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().float().cpu().numpy()
     sf.write(str(path), fit_full_scale(samples), sample_rate, subtype="PCM_16")
+
+
+# what speech files may be written as: suffix -> (libsndfile format, subtype); the soundfile
+# wheel bundles libsndfile with its MP3 (LAME) and Ogg Vorbis encoders
+AUDIO_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".ogg": ("OGG", "VORBIS"),
+}
+
+
+def encode_audio(samples: np.ndarray, sample_rate: int, suffix: str) -> bytes:
+    """(N,) float audio -> the bytes of a whole file of `suffix`'s format (AUDIO_FORMATS),
+    after `fit_full_scale`; for writing where a file cannot be sought (stdout, a socket)."""
+    file_format, subtype = AUDIO_FORMATS[suffix]
+    buffer = io.BytesIO()
+    sf.write(buffer, fit_full_scale(samples), sample_rate, format=file_format, subtype=subtype)
+    return buffer.getvalue()
+
+
+def save_audio(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write a speech file in the format its suffix names (AUDIO_FORMATS)."""
+    file_format, subtype = AUDIO_FORMATS[path.suffix.lower()]
+    sf.write(str(path), fit_full_scale(samples), sample_rate, format=file_format, subtype=subtype)
 
 
 class MelSpectrogram:

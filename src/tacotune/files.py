@@ -39,20 +39,28 @@ def atomic_writer(path: Path, *, size_hint: int = 0) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
-            raise disk_full(path, size_hint) from error
-        raise
+        with full_disk_is_an_error(path, size_hint):
+            with tmp.open("wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def full_disk_is_an_error(path: Path, size_hint: int = 0) -> Iterator[None]:
+    """Turn "no space left on device" inside the block into a `DiskFullError` naming the
+    device that holds `path` (and `size_hint` bytes needed, if known)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full(path, size_hint) from error
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -107,6 +115,11 @@ def _check_creatable(directory: Path, flag: str, target: Path) -> None:
     whoever runs it, root included)."""
     existing = directory.absolute()
     while not existing.exists():
+        if existing.is_symlink():  # pointing nowhere (or in a loop): mkdir cannot follow it
+            raise OutputError(
+                f"{flag} {target}: {existing} is a symbolic link to {os.readlink(existing)}, "
+                f"which does not exist; create that directory, or give another {flag}"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from tacotune import progress
-from tacotune.checkpoint import checkpoint_config, load_checkpoint
+from tacotune.checkpoint import best_in_run, checkpoint_config, load_checkpoint
 from tacotune.config.schema import Config
 from tacotune.data.dataset import pad_ids
 from tacotune.device import resolve_device
@@ -29,7 +28,7 @@ from tacotune.model.tacotron2 import SynthesisOutput, Tacotron2
 from tacotune.supervision.metrics import AlignmentMetrics, alignment_metrics
 from tacotune.text.frontend import TextFrontend, model_input_to_ids
 from tacotune.text.symbols import LETTERS, SYMBOLS
-from tacotune.vocoder import GriffinLim, Vocoder
+from tacotune.vocoder.griffin_lim import GriffinLim, Vocoder
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +88,26 @@ class Synthesizer:
         """`checkpoint`: a .pt file, a run directory (uses checkpoints/best.pt) or a payload;
         `device`: cpu, cuda or auto (cuda when available); `seed`: 0 <= seed < 2**63."""
         check_seed(seed)
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.config, self.frontend = self._load(checkpoint)
+        self.vocoder: Vocoder = vocoder or self._default_vocoder()
+
+    def _load(self, checkpoint: str | Path | dict[str, Any]) -> tuple[Config, TextFrontend]:
+        """The voice's config and text frontend; its model goes to `self.device` (a subclass
+        that runs the model elsewhere loads it here instead)."""
         if isinstance(checkpoint, dict):
             payload, source = checkpoint, "payload"
         else:
             path = best_in_run(checkpoint)
             payload, source = load_checkpoint(path), str(path)
         voice = load_voice(payload, source)
-        self.config, self.frontend = voice.config, voice.frontend
-        self.device = resolve_device(device)
         self.model = voice.model.to(self.device).eval()
-        self.vocoder: Vocoder = vocoder or GriffinLim(self.config.audio, seed)
-        self.seed = seed
+        return voice.config, voice.frontend
+
+    def _default_vocoder(self) -> Vocoder:
+        """The vocoder when none is given: Griffin-Lim."""
+        return GriffinLim(self.config.audio, self.seed)
 
     def speak(self, text: str) -> Speech:
         """Synthesize one text of any length."""
@@ -299,15 +307,6 @@ def _limit(text: str, separators: tuple[re.Pattern[str], ...]) -> list[str]:
     return [text[i : i + MAX_CHUNK_CHARS] for i in range(0, len(text), MAX_CHUNK_CHARS)]
 
 
-def best_in_run(path: str | Path) -> Path:
-    """A checkpoint file as is; a run directory's checkpoints/best.pt, else its last.pt."""
-    path = Path(path)
-    if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
-        return best if best.exists() else path / "checkpoints" / "last.pt"
-    return path
-
-
 PROGRESS_SECONDS = 10.0  # a long --file logs its progress about this often (without a terminal)
 FILE_BATCH_TEXTS = BATCH_SIZE  # texts spoken (and their files written) per batch of a --file
 
@@ -319,6 +318,7 @@ def synthesize_to_files(
     plot: bool = False,
     summary_path: Path | None = None,
     texts_per_batch: int | None = None,
+    chunks: list[list[Chunk]] | None = None,
 ) -> list[dict[str, Any]]:
     """Speak each (text, wav path) job and write its wav (and alignment PNGs with `plot`).
 
@@ -327,13 +327,13 @@ def synthesize_to_files(
     next batch starts, with `summary_path` (JSON, one record per written wav) rewritten
     after each batch: an interrupted or failed long file keeps everything done so far.
     Progress shows as a bar on a terminal, else as a log line about every PROGRESS_SECONDS.
+    `chunks`: the texts already split (and so checked) by `split_all` or `split_text`.
     """
-    chunks = synthesizer.split_all([text for text, _ in jobs])  # every text checked first
+    if chunks is None:
+        chunks = synthesizer.split_all([text for text, _ in jobs])  # every text checked first
     per_batch = texts_per_batch or FILE_BATCH_TEXTS
     summary: list[dict[str, Any]] = []
-    started = last_report = time.monotonic()
-    with progress.make_progress() as bar:
-        task = bar.add_task("synthesizing", total=len(jobs))
+    with progress.meter("synthesized texts", len(jobs), every=PROGRESS_SECONDS) as meter:
         for start in range(0, len(jobs), per_batch):
             batch = jobs[start : start + per_batch]
             speeches = synthesizer.speak_split(
@@ -343,24 +343,19 @@ def synthesize_to_files(
                 summary.append(_write_speech(speech, path, plot))
             if summary_path is not None:
                 write_json_atomic(summary_path, summary)
-            bar.advance(task, len(batch))
-            now = time.monotonic()
-            due = now - last_report >= PROGRESS_SECONDS and len(summary) < len(jobs)
-            if due and not progress.enabled():  # a bar shows it on a terminal
-                last_report = now
-                _log_progress(len(summary), len(jobs), now - started)
-    if len(jobs) > 1:
-        _log_progress(len(summary), len(jobs), time.monotonic() - started)
+            meter.advance(len(batch))
+        if len(jobs) > 1:
+            meter.log_line()
     return summary
 
 
 def _write_speech(speech: Speech, path: Path, plot: bool) -> dict[str, Any]:
-    """Write one wav (and its alignment PNGs); its record in the summary."""
-    from tacotune.audio import save_wav
+    """Write one speech file (and its alignment PNGs); its record in the summary."""
+    from tacotune.audio import save_audio
     from tacotune.plotting import alignment_figure, save_figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_wav(path, speech.audio, speech.sample_rate)
+    save_audio(path, speech.audio, speech.sample_rate)
     if plot:
         for i, piece in enumerate(speech.pieces, start=1):
             suffix = "" if len(speech.pieces) == 1 else f"_{i}"
@@ -392,9 +387,3 @@ def _write_speech(speech: Speech, path: Path, plot: bool) -> dict[str, Any]:
             for p in speech.pieces
         ],
     }
-
-
-def _log_progress(done: int, total: int, seconds: float) -> None:
-    rate = done / seconds if seconds > 0 else 0.0
-    left = f", about {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
-    log.info("synthesized %d of %d texts (%.2f texts/s%s)", done, total, rate, left)

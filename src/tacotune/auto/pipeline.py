@@ -22,7 +22,7 @@
 
 OUT/auto.json records finished stages and the time spent; running the same command
 again after an interruption continues where it stopped, within the same budget. A model
-that fails the gate ends the command with an error (exit code 1), after the report.
+that fails the gate ends the command with exit status 3 (`NoVoiceError`), after the report.
 """
 
 from __future__ import annotations
@@ -31,109 +31,28 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tacotune.auto.plan import Plan, planned_config
+from tacotune.auto.inputs import check_arguments
+from tacotune.auto.job import AutoJob, AutoState
+from tacotune.auto.plan import Plan
 from tacotune.config.load import load_config
 from tacotune.config.schema import Config
 from tacotune.errors import TacotuneError
-from tacotune.files import write_json_atomic, write_text_atomic
+from tacotune.files import write_text_atomic
 from tacotune.names import AutoStage, Event
+from tacotune.outputs import Kind, check_output
 from tacotune.runlog import read_jsonl
-from tacotune.tracking.mlflow import default_uri
 from tacotune.tuning.space import apply
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "auto.json"
 RESERVE_SECONDS = 60.0  # kept back for the final evaluation, registration, samples, report
 MIN_FINAL_MINUTES = 1.0  # the final model trains at least this long, whatever is left
 UNLIMITED_STEPS = 10_000_000  # the final model of a preset auto chose trains for its minutes
 MIN_REACHED_END = 0.5  # the quality gate: share of texts whose end the attention must reach
-
-
-@dataclass
-class AutoState:
-    """OUT/auto.json: the budget, what was spent, which stages are done (with their facts)."""
-
-    path: Path
-    budget_seconds: float
-    spent_seconds: float = 0.0
-    stages: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)  # facts an unfinished stage needs
-
-    @classmethod
-    def load(cls, out_dir: Path, budget_minutes: float) -> AutoState:
-        """The saved state (its budget wins over a new one), or a fresh one."""
-        path = out_dir / STATE_FILE
-        if path.exists():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved["budget_seconds"] != budget_minutes * 60:
-                log.warning(
-                    "continuing with this run's original budget of %.1f min",
-                    saved["budget_seconds"] / 60,
-                )
-            return cls(
-                path,
-                saved["budget_seconds"],
-                saved["spent_seconds"],
-                saved["stages"],
-                saved.get("context", {}),
-            )
-        return cls(path, budget_minutes * 60)
-
-    @property
-    def left(self) -> float:
-        """Seconds of budget not yet spent."""
-        return max(0.0, self.budget_seconds - self.spent_seconds)
-
-    def done(self, stage: AutoStage) -> Any:
-        """The facts a finished stage recorded, or None."""
-        return self.stages.get(stage)
-
-    def budget_facts(self) -> dict[str, Any]:
-        """Minutes of budget, spent so far, over (0 when within it), and per stage."""
-        return {
-            "budget_minutes": self.budget_seconds / 60,
-            "spent_minutes": self.spent_seconds / 60,
-            "over_minutes": max(0.0, self.spent_seconds - self.budget_seconds) / 60,
-            "stage_minutes": {name: f["seconds"] / 60 for name, f in self.stages.items()},
-        }
-
-    def remember(self, key: str, value: Any) -> None:
-        """Save a fact at once (e.g. an MLflow run id) for a stage that may be interrupted."""
-        self.context[key] = value
-        self._save()
-
-    @contextmanager
-    def stage(self, name: AutoStage) -> Iterator[dict[str, Any]]:
-        """Time a stage (even when it is interrupted) and record its facts when it ends;
-        `seconds` in the facts is its time over every attempt."""
-        facts: dict[str, Any] = {}
-        started = time.monotonic()
-        log.info("auto: %s (%.1f min of budget left)", name, self.left / 60)
-        try:
-            yield facts
-            self.stages[name] = facts
-        finally:
-            seconds = time.monotonic() - started
-            self.spent_seconds += seconds
-            self.context[f"{name}_seconds"] = self.context.get(f"{name}_seconds", 0.0) + seconds
-            facts["seconds"] = self.context[f"{name}_seconds"]
-            self._save()
-
-    def _save(self) -> None:
-        data = {
-            "budget_seconds": self.budget_seconds,
-            "spent_seconds": self.spent_seconds,
-            "stages": self.stages,
-            "context": self.context,
-        }
-        write_json_atomic(self.path, data)
 
 
 class NoVoiceError(TacotuneError):
@@ -158,10 +77,11 @@ def run_auto(
     starts from the shipped base voice that fits it, unless `from_scratch`. Raises
     NoVoiceError at the end when the final model fails the quality gate.
     """
-    out = Path(out_dir).resolve()
+    name = check_arguments(budget_minutes, workers, name, data_dir)  # before any work
+    out = check_output(out_dir, Kind.AUTO).resolve()  # new, empty or auto's (outputs.py)
     out.mkdir(parents=True, exist_ok=True)
     state = AutoState.load(out, budget_minutes)
-    name = name or Path(data_dir).resolve().name
+    state._save()  # auto.json from the start: OUT is recognisably auto's if interrupted
     base = config if config is not None else load_config(None, overrides)
     job = AutoJob(
         out,
@@ -194,37 +114,6 @@ def run_auto(
             f"{state.done(AutoStage.REGISTER)['ref']} (stage rejected); see {out / 'report.md'}"
         )
     return state.stages
-
-
-@dataclass
-class AutoJob:
-    """What every stage of one `tacotune auto` run shares."""
-
-    out: Path
-    name: str
-    state: AutoState
-    base: Config  # the explicit config, or the defaults with the overrides
-    explicit: bool  # --config was given: it wins over the plan's preset
-    overrides: Sequence[str]
-    from_scratch: bool = False  # --from-scratch: random weights even where a base voice fits
-
-    @property
-    def mlflow_uri(self) -> str:
-        """The job's MLflow store: the config's, else OUT/mlflow.db."""
-        return self.base.tracking.mlflow_uri or default_uri(self.out)
-
-    def config(self) -> Config:
-        """The config every stage after the plan uses: the chosen preset (or --config) with
-        the plan's search and the job's MLflow store."""
-        plan = self.state.done(AutoStage.PLAN)
-        config = self.base
-        if plan is not None and not self.explicit:
-            config = load_config(f"{plan['preset']}.yaml", self.overrides)
-        config = apply(config, {"tracking.mlflow_uri": self.mlflow_uri})
-        if plan is None:
-            return config
-        config = apply(config, {"train.warm_start": plan.get("warm_start", "")})
-        return planned_config(config, Plan.from_facts(plan))
 
 
 def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
@@ -267,7 +156,7 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
     vocoder_rate = measure_vocoder_rate(config) if hardware.gpu else 0.0
     vocoder_minutes, why = plan_vocoder(hardware, minutes, vocoder_rate)
     reasons.append(why)
-    plan = make_plan(config, preset, rate, minutes - vocoder_minutes, reasons)
+    plan = make_plan(config, preset, rate, minutes - vocoder_minutes, reasons, warm_start=start)
     plan = dataclasses.replace(
         plan,
         vocoder_minutes=vocoder_minutes,
@@ -423,7 +312,7 @@ def _speak(job: AutoJob, facts: dict[str, Any]) -> None:
     synthesizer = Synthesizer(job.out / "final" / "checkpoints" / "model.pt")
     vocoder = job.state.done(AutoStage.VOCODER).get("checkpoint")
     if vocoder is not None:  # it beat Griffin-Lim (auto/vocoder.py)
-        from tacotune.vocoder import load_vocoder
+        from tacotune.vocoder.neural import load_vocoder
 
         synthesizer.vocoder = load_vocoder(vocoder, synthesizer.config.audio)
     samples = []
@@ -440,6 +329,7 @@ def _speak(job: AutoJob, facts: dict[str, Any]) -> None:
 
 def _report(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.auto import report
+    from tacotune.supervision.report import training_curves
 
     out, state = job.out, job.state
     study = dict(state.done(AutoStage.TUNE))
@@ -450,7 +340,7 @@ def _report(job: AutoJob, facts: dict[str, Any]) -> None:
         report.optimization_history(summary["trials"], out / "optimization_history.png")
         importances, study["importance_note"] = setting_importances(out / "study")
         report.importance_plot(importances, out / "importances.png")
-    report.training_curves(out / "final", out / "training_curves.png")
+    training_curves(out / "final", out / "training_curves.png")
     text = report.render(
         out,
         {

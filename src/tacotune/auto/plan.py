@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from tacotune.config.rules import validate
 from tacotune.config.schema import Config, SearchDimension
 
 MIN_TRIAL_STEPS = 600  # steps before the voice metric tells settings apart (demo corpus)
@@ -196,9 +197,18 @@ def run_rate(config: Config, prepared: Path, reasons: list[str]) -> float:
     return overall
 
 
-def make_plan(config: Config, preset: str, rate: float, minutes: float, reasons: list[str]) -> Plan:
+def make_plan(
+    config: Config,
+    preset: str,
+    rate: float,
+    minutes: float,
+    reasons: list[str],
+    warm_start: str = "",
+) -> Plan:
     """Split `minutes` (the budget left after preparing the data) between the search and
-    the final model, for a model that trains at `rate` steps per second."""
+    the final model, for a model that trains at `rate` steps per second. A model that
+    starts from `warm_start`'s weights keeps their shape: no `model.*` setting is searched
+    (a trial with another reduction factor or width could not load them)."""
     trial_minutes = MIN_TRIAL_STEPS / rate / 60
     per_trial = trial_minutes + TRIAL_OVERHEAD_MINUTES
     room = (1 - FINAL_SHARE) * minutes
@@ -211,6 +221,18 @@ def make_plan(config: Config, preset: str, rate: float, minutes: float, reasons:
         )
         return Plan(preset, rate, 0, 0.0, 0.0, minutes, (), tuple(reasons))
     keys = tuple(d.key for d in config.tuning.space)
+    if warm_start:
+        fixed = [k for k in keys if k.startswith("model.")]
+        keys = tuple(k for k in keys if k not in fixed)
+        if fixed:
+            reasons.append(
+                f"not searched: {', '.join(fixed)} (the weights of {warm_start} fix them)"
+            )
+        if not keys:
+            reasons.append(
+                f"no search: nothing left to tune; the final model gets all {minutes:.1f} min"
+            )
+            return Plan(preset, rate, 0, 0.0, 0.0, minutes, (), tuple(reasons))
     if trials < WIDE_SEARCH:
         keys = tuple(k for k in keys if k in FEW_SETTINGS) or keys
         reasons.append(
@@ -236,4 +258,4 @@ def planned_config(config: Config, plan: Plan) -> Config:
         trial_max_minutes=plan.trial_minutes,
         space=space or config.tuning.space,
     )
-    return config.replace(tuning=tuning).validate()
+    return validate(config.replace(tuning=tuning))

@@ -19,7 +19,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from tacotune.plotting import save_figure
-from tacotune.runlog import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +58,6 @@ def importance_plot(importances: dict[str, float], path: Path) -> bool:
     fig.tight_layout()
     save_figure(fig, path)
     return True
-
-
-def training_curves(run_dir: Path, path: Path) -> bool:
-    """The voice metric against steps and against minutes, the score, the validation mel
-    loss and the aligned share; False without metrics."""
-    records = read_jsonl(run_dir / "metrics.jsonl")
-    if not records:
-        return False
-    steps = [r["step"] for r in records]
-    minutes = [(r.get("time/train_seconds") or 0.0) / 60 for r in records]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3))
-    ratio = _series(records, "free/mcd_ratio")
-    axes[0].plot(steps, ratio, marker=".")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("voice metric (MCD ratio, 1 = chance)", fontsize=9)
-    axes[1].plot(minutes, ratio, marker=".")
-    axes[1].set_xlabel("training minutes")
-    axes[1].set_title("voice metric against time", fontsize=9)
-    for ax in axes[:2]:
-        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    for ax, key in zip(axes[2:], ("score", "free/aligned_rate"), strict=True):
-        ax.plot(steps, _series(records, key), marker=".")
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    save_figure(fig, path)
-    return True
-
-
-def _series(records: list[dict[str, Any]], key: str) -> list[float]:
-    return [r[key] if r.get(key) is not None else math.nan for r in records]
 
 
 def render(out_dir: Path, facts: dict[str, Any]) -> str:
@@ -192,7 +160,7 @@ def _ratio(value: float | None) -> str:
 
 def _budget_line(budget: dict[str, Any]) -> str:
     used = f"{budget['spent_minutes']:.1f} of {budget['budget_minutes']:.1f} minutes"
-    if budget["over_minutes"] > 0:
+    if round(budget["over_minutes"], 1) > 0:  # "0.0 min over" is within budget to a reader
         return (
             f"Over budget: {used} ({budget['over_minutes']:.1f} min over, before this "
             "report); the stages took:"

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tacotune.auto import plan as planning
+from tacotune.auto.job import AutoJob
 from tacotune.auto.plan import Plan
 from tacotune.config.load import load_config
 from tacotune.config.schema import Config
 from tacotune.names import AutoStage
 from tacotune.runlog import read_jsonl
-
-if TYPE_CHECKING:
-    from tacotune.auto.pipeline import AutoJob
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ def _train(job: AutoJob, minutes: float) -> Any:
     from tacotune.checkpoint import load_checkpoint
     from tacotune.tracking import run_listeners
     from tacotune.tuning.space import apply
-    from tacotune.vocoder import resume_vocoder, train_vocoder
+    from tacotune.vocoder.train import resume_vocoder, train_vocoder
 
     run, prepared = job.out / VOCODER_DIR, job.out / "prepared"
     budget = {"vocoder.max_minutes": minutes, "vocoder.max_steps": UNLIMITED_STEPS}

@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     interrupt_on_sigterm()  # `kill` stops like Ctrl-C (training saves a resumable last.pt)
     _configure_logging(args.verbose)
-    progress.enable(sys.stderr.isatty() and not args.quiet)
+    terminal = sys.stderr.isatty()  # bars on a terminal; off one, a progress line now and then
+    progress.configure(bars=terminal and not args.quiet, lines=not terminal and not args.quiet)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

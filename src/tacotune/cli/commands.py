@@ -8,15 +8,16 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 from tacotune.config import Config, dump_config, load_config
-from tacotune.errors import ConfigError, DatasetError, TextError
+from tacotune.config.rules import validate
+from tacotune.errors import ConfigError, DatasetError
 
 log = logging.getLogger("tacotune")
 
 NO_VOICE_EXIT = 3  # `tacotune auto` ran every stage, but the model failed the quality gate
-WAV_SUFFIXES = (".wav", ".flac")  # what `synthesize -o` writes (soundfile picks the format)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -97,9 +98,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.outputs import Kind, check_output
     from tacotune.tracking import run_listeners
-    from tacotune.train import resume, train
+    from tacotune.train.loop import read_train_resume, resume, train
 
     if args.resume:
         if args.config or args.hparams or args.warm_start or args.mlflow_uri or args.output:
@@ -108,18 +109,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "settings included): -o, --config, --hparams, --warm-start and --mlflow-uri "
                 "cannot be given; only --set of train.max_steps-like keys"
             )
-        run_dir = Path(args.resume)
-        config = checkpoint_config(load_checkpoint(run_dir))
-        listeners = run_listeners(config, run_dir)
-        result = resume(run_dir, args.prepared_dir, args.set, listeners=listeners)
+        # one read of the checkpoint; the listeners hear the config --set made
+        point = read_train_resume(args.resume, args.set)
+        listeners = run_listeners(point.config, point.run_dir)
+        result = resume(point, args.prepared_dir, listeners=listeners)
     else:
         if not args.output:
             raise ConfigError("train needs -o RUN_DIR (or --resume RUN_DIR)")
         config, run_dir = config_from_args(args), Path(args.output)
+        check_output(run_dir, Kind.TRAINING_RUN)  # before MLflow or an alert starts anything
         if args.warm_start:  # recorded in the run's config.yaml: where its weights came from
-            config = config.replace(
-                train=dataclasses.replace(config.train, warm_start=args.warm_start)
-            ).validate()
+            config = validate(
+                config.replace(train=dataclasses.replace(config.train, warm_start=args.warm_start))
+            )
         elif not config.train.warm_start:
             _hint_base_voice(config)
         result = train(config, args.prepared_dir, run_dir, listeners=run_listeners(config, run_dir))
@@ -135,9 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_vocoder_train(args: argparse.Namespace) -> int:
-    from tacotune.checkpoint import checkpoint_config, load_checkpoint
+    from tacotune.outputs import Kind, check_output
     from tacotune.tracking import run_listeners
-    from tacotune.vocoder import resume_vocoder, train_vocoder
+    from tacotune.vocoder.train import read_vocoder_resume, resume_vocoder, train_vocoder
 
     if args.resume:
         given = (args.config, args.hparams, args.warm_start, args.from_acoustic, args.mlflow_uri)
@@ -147,14 +149,15 @@ def cmd_vocoder_train(args: argparse.Namespace) -> int:
                 "--config, --hparams, --warm-start, --from-acoustic and --mlflow-uri cannot be "
                 "given; only --set of vocoder.max_steps-like keys"
             )
-        run_dir = Path(args.resume)
-        config = checkpoint_config(load_checkpoint(run_dir))
-        listeners = run_listeners(config, run_dir)
-        result = resume_vocoder(run_dir, args.prepared_dir, args.set, listeners=listeners)
+        # one read of the checkpoint; the listeners hear the config --set made
+        point = read_vocoder_resume(args.resume, args.set)
+        listeners = run_listeners(point.config, point.run_dir)
+        result = resume_vocoder(point, args.prepared_dir, listeners=listeners)
     else:
         if not args.output:
             raise ConfigError("vocoder train needs -o VOC (or --resume VOC)")
         config, run_dir = config_from_args(args), Path(args.output)
+        check_output(run_dir, Kind.VOCODER_RUN)  # before MLflow or an alert starts anything
         result = train_vocoder(
             config,
             args.prepared_dir,
@@ -181,51 +184,13 @@ def cmd_vocoder_train(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from tacotune.files import check_output_directory, check_output_file
-    from tacotune.synthesize import Synthesizer, check_seed, synthesize_to_files
+    from tacotune.cli.speak import cmd_synthesize as speak
 
-    if (args.text is None) == (args.file is None):
-        raise ConfigError("give either TEXT or --file")
-    check_seed(args.seed)
-    # every cheap check before the model loads and minutes of synthesis start
-    if args.text is not None:
-        check_output_file(Path(args.output), "-o", WAV_SUFFIXES)
-        jobs = [(args.text, Path(args.output))]
-        summary = None
-    else:
-        lines = _read_text_file(Path(args.file), "--file").splitlines()
-        out_dir = Path(args.out_dir)
-        check_output_directory(out_dir, "--out-dir")
-        jobs = [
-            (line, out_dir / f"{i:04d}.wav")
-            for i, line in enumerate((x for x in lines if x.strip()), start=1)
-        ]
-        if not jobs:
-            raise TextError(f"--file {args.file} holds no text: write one text per line")
-        summary = out_dir / "synthesis.json"
-    synthesizer = Synthesizer(args.checkpoint, device=args.device, seed=args.seed)
-    if args.vocoder:
-        from tacotune.vocoder import load_vocoder
-
-        synthesizer.vocoder = load_vocoder(args.vocoder, synthesizer.config.audio, args.device)
-    synthesize_to_files(synthesizer, jobs, plot=args.plot, summary_path=summary)
-    return 0
-
-
-def _read_text_file(path: Path, flag: str) -> str:
-    """A UTF-8 text file named on the command line; unreadable or not UTF-8: a TextError."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise TextError(f"{flag} {path}: cannot read it ({error.strerror or error})") from error
-    except UnicodeDecodeError as error:
-        raise TextError(
-            f"{flag} {path} is not UTF-8 (byte {error.start}); re-save it as UTF-8"
-        ) from error
+    return speak(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tacotune.export import export_voice
+    from tacotune.export.exporter import export_voice
 
     path = export_voice(  # a --vocoder path is loaded there, checked against the voice's mels
         args.voice, args.output, registry_root=args.registry, vocoder=args.vocoder
@@ -235,10 +200,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tacotune.extras import require
+
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require(module, "serve", "tacotune serve")
     import torch
 
     from tacotune.registry import Registry
-    from tacotune.serve.server import run_server
+    from tacotune.serve.server import bind, run_server
     from tacotune.serve.settings import ServerSettings, api_key_from_env
     from tacotune.serve.voices import load_voices
 
@@ -249,11 +218,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pieces=args.max_pieces,
         max_queue=args.queue,
         request_timeout_s=args.timeout,
+        allowed_hosts=tuple(args.allow_host),
+        voice_aliases=tuple(args.alias),
         api_key=api_key_from_env(),
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return run_server(load_voices(args.voices, Registry(args.registry)), settings)
+    sockets = bind(settings)  # a port in use is one line, before any voice loads
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run_server(load_voices(args.voices, Registry(args.registry)), settings, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -265,8 +241,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from tacotune.outputs import Kind, check_output
     from tacotune.tuning import run_study
 
+    check_output(args.output, Kind.STUDY)  # new, empty or a study to continue
     result = run_study(
         config_from_args(args),
         args.prepared_dir,
@@ -332,15 +310,22 @@ def cmd_registry(args: argparse.Namespace) -> int:
         versions = registry.versions(args.ref)
         if not versions:
             registry.check_root()  # a mistyped --root is an error, not an empty table
-        Console().print(versions_table(versions))
+        wide = None if sys.stdout.isatty() else 160  # off a terminal rich would cut at 80
+        Console(width=wide).print(versions_table(versions))
         return 0
     if not args.ref:
         raise ConfigError(f"registry {args.action} needs a reference: NAME[:VERSION]")
     if args.action == "add":
+        from tacotune.card import run_facts
+
         source = Path(args.ref)
         checkpoint = source / "checkpoints" / "model.pt" if source.is_dir() else source
         version = registry.register(
-            args.name or source.name, checkpoint, source=str(source), vocoder=args.vocoder
+            source.name if args.name is None else args.name,  # `--name ""` is refused
+            checkpoint,
+            source=str(source),
+            vocoder=args.vocoder,
+            run=run_facts(source) if source.is_dir() else None,  # its best evaluation
         )
     elif args.action == "promote":
         if not args.stage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from tacotune import __version__
@@ -14,11 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tacotune",
         description="tacotune: train, tune, supervise and serve Russian Tacotron2 voices",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tacotune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or lines")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_data_and_training_commands(commands)
@@ -73,9 +74,30 @@ def _add_synthesize_command(commands: argparse._SubParsersAction[argparse.Argume
     syn = _command(commands, "synthesize", handlers.cmd_synthesize, "speak text with a checkpoint")
     syn.add_argument("checkpoint", help="a .pt file or a run directory (uses its best.pt)")
     syn.add_argument("text", nargs="?", help="Russian text (or use --file)")
-    syn.add_argument("-o", "--output", default="out.wav", help="wav file for TEXT")
-    syn.add_argument("--file", help="one text per line, synthesized in a batch")
-    syn.add_argument("--out-dir", default="synthesized", help="where --file writes its wavs")
+    syn.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where TEXT is spoken: .wav, .flac, .mp3 or .ogg by the suffix (default: out.wav); "
+        "- for standard output (a wav of every text, or --raw PCM)",
+    )
+    syn.add_argument("--file", help="one text per line, spoken in batches (- reads standard input)")
+    syn.add_argument(
+        "--out-dir",
+        default="synthesized",
+        help="where --file writes one file per line, named by its line number",
+    )
+    syn.add_argument(
+        "--format",
+        choices=["wav", "flac", "mp3", "ogg"],  # audio.AUDIO_FORMATS (not imported: torch)
+        default="wav",
+        help="the files --out-dir gets",
+    )
+    syn.add_argument(
+        "--raw",
+        action="store_true",
+        help="with -o -: 16-bit little-endian mono PCM at the voice's sample rate, text by text",
+    )
     syn.add_argument("--plot", action="store_true", help="also write alignment PNGs")
     syn.add_argument(
         "--seed", type=int, default=0, help="prenet-dropout and Griffin-Lim seed, 0 to 2**63-1"
@@ -123,7 +145,8 @@ def _add_use_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     mon.add_argument(
         "--dashboards",
         action="store_true",
-        help="also serve TensorBoard on 127.0.0.1 (stopped when monitor exits)",
+        help="also serve, on 127.0.0.1 only, TensorBoard, the MLflow UI (when the run logged "
+        "to MLflow) and optuna-dashboard (a study); stopped with Ctrl-C",
     )
     mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
 
@@ -251,20 +274,100 @@ def _add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--registry", help="registry directory (default: $TACOTUNE_REGISTRY or ./registry)"
     )
     srv.add_argument("--host", default=defaults.host, help="address to bind (0.0.0.0: every one)")
-    srv.add_argument("--port", type=int, default=defaults.port, help="TCP port")
+    srv.add_argument("--port", type=_port, default=defaults.port, help="TCP port (0: a free one)")
     srv.add_argument(
-        "--max-chars", type=int, default=defaults.max_input_chars, help="characters per request"
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="without an API key the server answers only Host headers naming localhost, an "
+        "IP address or --host; also answer this name (repeatable; '*': any)",
     )
     srv.add_argument(
-        "--max-pieces", type=int, default=defaults.max_pieces, help="sentences per request"
+        "--alias",
+        action="append",
+        default=[],
+        type=_alias,
+        metavar="NAME=VOICE",
+        help="a request's voice NAME (e.g. OpenAI's alloy) speaks with VOICE (repeatable; "
+        "OpenAI's voices without an alias speak with the first voice)",
     )
     srv.add_argument(
-        "--queue", type=int, default=defaults.max_queue, help="requests admitted at once"
+        "--max-chars",
+        type=_positive_int,
+        default=defaults.max_input_chars,
+        help="characters per request",
     )
     srv.add_argument(
-        "--timeout", type=float, default=defaults.request_timeout_s, help="seconds per request"
+        "--max-pieces",
+        type=_positive_int,
+        default=defaults.max_pieces,
+        help="sentences per request",
     )
-    srv.add_argument("--threads", type=int, help="torch threads for synthesis (default: torch's)")
+    srv.add_argument(
+        "--queue", type=_positive_int, default=defaults.max_queue, help="requests admitted at once"
+    )
+    srv.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=defaults.request_timeout_s,
+        help="seconds per request, from its arrival to its last byte sent",
+    )
+    srv.add_argument(
+        "--threads", type=_positive_int, help="torch threads for synthesis (default: torch's)"
+    )
+
+
+def _alias(text: str) -> tuple[str, str]:
+    """argparse type: NAME=VOICE."""
+    name, _, voice = text.partition("=")
+    if not name or not voice:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VOICE (e.g. alloy=ruslana)")
+    return name, voice
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 0 to 65535")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give seconds above 0, finite")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default shown once: not when there is none (None, a flag's False) or
+    when its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
 
 
 def _command(
@@ -277,7 +380,7 @@ def _command(
         name,
         help=help_text,
         description=help_text,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub.set_defaults(handler=handler)
     return sub

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tacotune.config.load import load_config
 from tacotune.config.schema import AudioConfig, Config
+from tacotune.data.formats import RUSLAN_METADATA
 from tacotune.errors import DatasetError
 from tacotune.files import write_text_atomic
 
@@ -82,17 +84,33 @@ def fingerprint(manifest_text: str) -> str:
     return hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()[:16]
 
 
+RAW_METADATA = ("metadata.csv", "train.csv", RUSLAN_METADATA)  # the layouts read_dataset knows
+
+
+def _prepare_hint(root: Path) -> str:
+    """A command that makes `root` usable and is safe to run as printed: it never prepares
+    into a directory that holds the user's files (a raw dataset above all)."""
+    if (root / REPORT_MD).exists():
+        return f"The last `tacotune prepare` into it failed; see {root / REPORT_MD}."
+    new = shlex.quote(str(root.with_name(f"{root.name}-prepared")))
+    if any((root / name).is_file() for name in RAW_METADATA):
+        return (
+            f"It looks like a raw dataset: prepare it into a new directory with "
+            f"`tacotune prepare {shlex.quote(str(root))} -o {new}` and use {new}."
+        )
+    if root.is_dir() and any(root.iterdir()):
+        return "Prepare your dataset into a new directory: `tacotune prepare DATA_DIR -o NEW_DIR`."
+    return f"Run `tacotune prepare DATA_DIR -o {shlex.quote(str(root))}` first."
+
+
 def load_prepared(root: str | Path) -> PreparedDataset:
     """Load a directory written by `tacotune prepare`, checking that it is complete."""
     root = Path(root)
     manifest = root / MANIFEST
     if not manifest.is_file():
-        hint = (
-            f" The last run failed; see {root / REPORT_MD}."
-            if (root / REPORT_MD).exists()
-            else f" Run `tacotune prepare DATA_DIR -o {root}` first."
+        raise DatasetError(
+            f"{root} is not a prepared dataset: {MANIFEST} is missing. {_prepare_hint(root)}"
         )
-        raise DatasetError(f"{root} is not a prepared dataset: {MANIFEST} is missing.{hint}")
     text = manifest.read_text(encoding="utf-8")
     entries = [
         ManifestEntry(**_checked(json.loads(line), manifest, n))

@@ -45,6 +45,7 @@ from tacotune.config.schema import AudioConfig, Config, TextConfig
 from tacotune.data.checks import (
     Analysis,
     Decision,
+    Job,
     Reason,
     decide,
     speech_rate,
@@ -61,6 +62,7 @@ from tacotune.data.manifest import (
 from tacotune.data.report import build_report, write_report
 from tacotune.errors import AudioError, DatasetError, TextError, short_repr
 from tacotune.files import write_text_atomic
+from tacotune.outputs import Kind, check_output
 from tacotune.text.frontend import TextFrontend
 from tacotune.text.symbols import LETTERS
 
@@ -69,17 +71,6 @@ log = logging.getLogger(__name__)
 CACHE_FILE = ".cache/analysis.jsonl"
 POOL_MIN_ROWS = 32  # below this, worker start-up costs more than it saves
 AUDIO_SUFFIX = "flac"  # cached audio: lossless 16-bit PCM, about half the size of wav
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a worker needs to measure one row."""
-
-    key: str
-    text: str
-    audio_path: str
-    mel_file: str  # relative to the prepared directory
-    audio_file: str  # the cached trimmed audio, relative to the prepared directory
 
 
 @dataclass(frozen=True)
@@ -98,13 +89,10 @@ def prepare_dataset(
     when `strict` and any row is excluded, or when too many rows are excluded."""
     started = time.monotonic()
     root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise DatasetError(
-            f"output {root} is a file, not a directory: give a directory to write to"
-        )
-    root.mkdir(parents=True, exist_ok=True)
+    check_output(root, Kind.PREPARED)  # new, empty or prepared before (outputs.py)
     layout = read_dataset(data_dir)
     frontend = TextFrontend(config.text)  # validates the stress dictionary before any work
+    root.mkdir(parents=True, exist_ok=True)  # only now: a refused dataset leaves none behind
     audio_hash = audio_config_hash(config.audio)
     text_hash = _hash(frontend.state(), __version__)
 

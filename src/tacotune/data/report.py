@@ -7,15 +7,12 @@ import statistics
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tacotune import __version__
-from tacotune.data.checks import REASON_HELP, Analysis, Decision, Reason
+from tacotune.data.checks import REASON_HELP, Analysis, Decision, Job, Reason
 from tacotune.data.formats import DatasetLayout
 from tacotune.data.manifest import REPORT_JSON, REPORT_MD, ManifestEntry
-
-if TYPE_CHECKING:
-    from tacotune.data.prepare import Job
 
 EXAMPLES_PER_REASON = 5
 

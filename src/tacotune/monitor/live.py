@@ -9,6 +9,7 @@ Other kinds of directories (e.g. studies) plug in as another `View`.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,17 +38,17 @@ ENDS = {
 ACTIVE = {"running", "starting"}  # statuses under which the live view keeps refreshing
 VOCODER_METRICS = (  # a vocoder run (tacotune vocoder train): its numbers beside Griffin-Lim's
     *("eval/mel_l1", "gl/mel_l1", "eval/mcd", "gl/mcd", "eval/pesq", "gl/pesq"),
-    *("eval/stoi", "gl/stoi", "train/g_mel", "train/d_total"),
+    *("eval/stoi", "gl/stoi", "train_mean/g_mel", "train_mean/d_total"),
 )
 KEY_METRICS = (
     *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
     *("free/diagonality", "free/aligned_rate", "free/quality", "free/max_steps_rate"),
     *VOCODER_METRICS,
-    *("train/total", "train/grad_norm", "train/learning_rate"),
+    *("train_mean/total", "train_mean/grad_norm", "train_mean/learning_rate"),
 )
 LOWER_IS_BETTER = {
     *("score", "free/mcd_ratio", "free/mcd", "val/mel_postnet", "val/gate"),
-    *("free/max_steps_rate", "train/total", "eval/mel_l1", "eval/mcd", "train/g_mel"),
+    *("free/max_steps_rate", "train_mean/total", "eval/mel_l1", "eval/mcd", "train_mean/g_mel"),
 }
 HIGHER_IS_BETTER = {
     *("free/diagonality", "free/aligned_rate", "free/quality", "eval/pesq", "eval/stoi"),
@@ -58,6 +59,7 @@ EVENT_STYLE = {
     **{"diverged": "red", "rollback": "yellow"},
 }
 EVENTS_SHOWN = 8
+ONCE_WIDTH = 160  # columns of `monitor --once` off a terminal
 
 S = TypeVar("S")
 
@@ -378,7 +380,7 @@ def monitor(
     until Ctrl-C, and are always stopped on the way out.
     """
     run_dir = Path(run_dir)
-    out = console if console is not None else progress.CONSOLE
+    out = console if console is not None else _stdout() if once else progress.CONSOLE
     view = view_for(run_dir)
     first = view.snapshot(run_dir)  # not a run: MonitorError before anything starts
     started: list[Dashboard] = []
@@ -400,6 +402,12 @@ def monitor(
     finally:
         stop_dashboards(started)
     return 0
+
+
+def _stdout() -> Console:
+    """Where `--once` prints: standard output (so `monitor --once > f` holds the view), at
+    full width even off a terminal, where rich would cut the table at 80 columns."""
+    return Console(width=None if sys.stdout.isatty() else ONCE_WIDTH)
 
 
 def _watch(view: View[S], run_dir: Path, snap: S, interval: float, console: Console) -> None:

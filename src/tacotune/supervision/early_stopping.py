@@ -40,6 +40,8 @@ class EarlyStopping:
     evaluations_without_improvement: int = 0
     aligned_step: int = -1  # first step at which the run was aligned; -1: not yet
     voice_ready_step: int = -1  # first step whose voice metric reached voice_ready_ratio
+    last_voice_ratio: float = math.inf  # the newest evaluation's voice metric (progress lines)
+    last_step: int = -1  # the newest evaluation's step
 
     @classmethod
     def from_config(cls, config: SupervisionConfig) -> EarlyStopping:
@@ -56,6 +58,7 @@ class EarlyStopping:
         self, step: int, score: float, aligned_rate: float, voice_ratio: float
     ) -> EarlyStopUpdate:
         """Account for one evaluation."""
+        self.last_voice_ratio, self.last_step = voice_ratio, step
         improved = score < self.best_score
         if improved:
             self.best_score, self.best_step = score, step
@@ -99,5 +102,7 @@ class EarlyStopping:
             "evaluations_without_improvement",
             "aligned_step",
             "voice_ready_step",
+            "last_voice_ratio",
+            "last_step",
         ):
             setattr(self, name, state.get(name, getattr(self, name)))  # older runs lack some

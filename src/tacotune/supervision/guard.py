@@ -10,7 +10,7 @@ Only good steps enter the running medians.
 
 The relative checks are thresholds (`Limits`) derived from the medians. A loop that
 reads the loss on the host only every few steps takes the limits once, judges the
-steps in between on the device with them (train/step.py) and later passes the same
+steps in between on the device with them (train/readout.py) and later passes the same
 limits to `check`, so that host and device reach the same verdicts.
 """
 
