@@ -23,6 +23,7 @@ from tacotune.alerts import (
     Alert,
     AlertDispatcher,
     AlertsError,
+    Delivery,
     LogNotifier,
     NotifierError,
     TelegramNotifier,
@@ -302,6 +303,25 @@ def test_failing_servers_never_block_and_never_leak_the_token(
         assert summaries[0] == "alerts: 6 deliveries failed, 0 messages dropped"
         assert len(telegram.hits) == (0 if trouble == "down" else 3)
     _no_token_anywhere(caplog)
+
+
+def test_a_delivery_abandoned_at_close_logs_nothing_afterwards(
+    telegram: FakeServer, run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() counts the attempt in flight as dropped and the run ends: the thread's late
+    failure must not log (the run's logging may be gone by then)."""
+    telegram.behaviour = "slow"  # answers after 2 s; the notifier gives up after 0.6 s
+    before = set(threading.enumerate())
+    dispatcher = AlertDispatcher([_telegram(telegram, timeout=0.6)], FAST, run_dir)
+    dispatcher.on_event({"step": 1, "event": "started"})
+    while not telegram.hits:  # the attempt is under way
+        time.sleep(0.01)
+    caplog.set_level(logging.WARNING)
+    assert dispatcher.close(timeout=0.1) == Delivery(failed=0, dropped=1)
+    closed = [r.getMessage() for r in caplog.records]
+    _wait_for_workers(before)  # its request times out now
+    assert closed == ["alerts: 0 deliveries failed, 1 messages dropped"]
+    assert [r.getMessage() for r in caplog.records] == closed
 
 
 def test_rate_limited_message_is_delivered_after_retry_after(

@@ -514,8 +514,11 @@ def test_impossible_tune_arguments_are_refused_before_anything_is_written(
     [
         ("{tmp}", "-o {tmp} is a directory; give a file name such as {tmp}/out.wav"),
         ("{tmp}/notes.txt/a.wav", "-o {tmp}/notes.txt/a.wav: {tmp}/notes.txt is a file, so"),
-        ("{tmp}/out", "-o {tmp}/out has no extension; give a file name ending in .wav or .flac"),
-        ("{tmp}/out.mp3", "-o {tmp}/out.mp3 has the extension '.mp3'; give a file name"),
+        (
+            "{tmp}/out",
+            "-o {tmp}/out has no extension; give a file name ending in .wav, .flac, .mp3 or .ogg",
+        ),
+        ("{tmp}/out.xyz", "-o {tmp}/out.xyz has the extension '.xyz'; give a file name"),
         ("/sys/tacotune.wav", "-o /sys/tacotune.wav: cannot write in /sys ("),
     ],
     ids=["directory", "under-a-file", "no-extension", "unknown-extension", "unwritable"],

@@ -96,9 +96,9 @@ def check_output_file(path: Path, flag: str, suffixes: Collection[str]) -> None:
         )
     if path.suffix.lower() not in suffixes:
         found = f"the extension {path.suffix!r}" if path.suffix else "no extension"
-        raise OutputError(
-            f"{flag} {path} has {found}; give a file name ending in {' or '.join(suffixes)}"
-        )
+        *others, last = suffixes
+        ending = f"{', '.join(others)} or {last}" if others else last
+        raise OutputError(f"{flag} {path} has {found}; give a file name ending in {ending}")
     _check_creatable(path.parent, flag, path)
 
 

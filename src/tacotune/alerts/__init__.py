@@ -353,6 +353,8 @@ class _Channel:
             wait = error.retry_after or _BACKOFF_SECONDS * 2 ** (attempt - 1)
             if attempt == attempts or self._abandon.wait(min(wait, _MAX_WAIT_SECONDS)):
                 break
+        if self._abandon.is_set():  # join() has counted it as dropped and the run has ended
+            return False
         first, self._warned = not self._warned, True  # (only this thread reads _warned)
         if first:
             later = "later failures are only counted"
