@@ -140,7 +140,7 @@ def test_a_third_model_trains_checkpoints_and_resumes_exactly_on_the_engine(
     straight = train_tiny(tiny_config("train.max_steps=9"), tmp_path / "straight")
     assert straight.state.step == 9
     files = {p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()}
-    assert {"last.pt", "best.pt", "good.pt", "model.pt"} <= files
+    assert {"last.pt", "best.pt", "model.pt"} <= files and "good.pt" not in files  # no bad step
     events = [
         json.loads(line)["event"]
         for line in (tmp_path / "straight" / "events.jsonl").read_text().splitlines()

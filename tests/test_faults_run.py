@@ -212,7 +212,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_records_no_best(
         message,
     ), message
     assert _temp_files(run) == []
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["good.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
     assert load_checkpoint(run)["state"]["step"] == 0  # the intact previous last.pt
     assert [e["event"] for e in _events(run)] == ["started"]  # no best for an unwritten file
 

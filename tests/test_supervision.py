@@ -180,7 +180,9 @@ def test_injected_nan_is_skipped_then_rolled_back_to_the_good_checkpoint(
     real_roll_back = Session.roll_back
 
     def checked_roll_back(self: Session, reason: str) -> dict[str, Any]:
-        target = load_checkpoint(self.checkpoints / "good.pt")["model"]
+        good = self.checkpoints / "last.pt"  # step 4's, written before the bad steps
+        assert not (self.checkpoints / "good.pt").exists()  # so no copy of it was made
+        target = load_checkpoint(good)["model"]
         record = real_roll_back(self, reason)
         restored.append(all(torch.equal(v, target[k]) for k, v in self.model.state_dict().items()))
         return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from collections.abc import Mapping
@@ -99,12 +100,13 @@ def test_run_directory_contract(prepared: Path, tmp_path: Path) -> None:
     assert str(tmp_path) not in report  # links inside the run: no machine path
     assert "](samples/step_000000" in report
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
-        "last.pt",
-        "best.pt",
-        "good.pt",  # the rollback target: the newest checkpoint without a bad step before it
-        "model.pt",  # best.pt without optimizer state, for synthesis and the registry
-        "step_0000006.pt",
+        "last.pt",  # full state; also the rollback target (no bad step: no good.pt)
+        "best.pt",  # weights, config and state only: synthesis, the registry, warm start
+        "model.pt",  # the same as best.pt, the name the registry and auto use
+        "step_0000006.pt",  # weights only as well
     }
+    full, light = (load_checkpoint(run / "checkpoints" / n) for n in ("last.pt", "best.pt"))
+    assert "optimizer" in full and "optimizer" not in light and "model" in light
     sample = run / "samples" / "step_0000006"
     assert (sample / "probe_0.wav").exists() and (sample / "probe_0_alignment.png").exists()
 
@@ -305,10 +307,45 @@ def test_checkpoint_copies_survive_damage_to_one_of_them(prepared: Path, tmp_pat
     checkpoints = tmp_path / "run" / "checkpoints"
     with (checkpoints / "last.pt").open("r+b") as f:  # damaged in place, not replaced
         f.truncate(1000)
-    for name in ("best.pt", "good.pt", "step_0000006.pt"):
+    for name in ("best.pt", "model.pt", "step_0000006.pt"):  # their own bytes, not links
         assert load_checkpoint(checkpoints / name)["state"]["step"] in (3, 6), name
     with pytest.raises(CheckpointError, match="not a tacotune checkpoint or is damaged"):
         load_checkpoint(checkpoints / "last.pt")
+
+
+def test_a_checkpoint_after_bad_steps_moves_the_good_one_aside_and_a_good_one_removes_it(
+    prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tacotune.train.records import rollback_checkpoint, write_checkpoints
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    train(tiny_train(), prepared, tmp_path / "run")
+    payload = load_checkpoint(checkpoints / "last.pt")
+    keys = ("config", "model", "state")
+
+    def write(good: bool, step: int) -> None:
+        state = {**payload["state"], "step": step}
+        flags = {"is_best": False, "step_copy": False, "keep": 0, "inference_keys": keys}
+        write_checkpoints(checkpoints, {**payload, "state": state}, good=good, **flags)
+
+    def step_of(path: Path | None) -> int:
+        assert path is not None
+        return int(load_checkpoint(path)["state"]["step"])
+
+    write(False, 7)  # bad steps before it: step 6 stays the rollback target, as good.pt
+    assert step_of(rollback_checkpoint(checkpoints)) == 6 and step_of(checkpoints / "last.pt") == 7
+    write(False, 8)  # still not good: good.pt keeps step 6
+    assert step_of(checkpoints / "good.pt") == 6
+    write(True, 9)
+    assert not (checkpoints / "good.pt").exists()
+    assert rollback_checkpoint(checkpoints) == checkpoints / "last.pt"
+    # a run stopped between moving last.pt aside and writing the next resumes from good.pt
+    write(False, 10)
+    (checkpoints / "last.pt").unlink()
+    caplog.set_level(logging.WARNING)
+    resumed = resume(tmp_path / "run", prepared, ["train.max_steps=12"])
+    assert resumed.step == 12
+    assert "has no last.pt (the run stopped while writing it): resuming from" in caplog.text
 
 
 def test_one_evaluation_is_timed_on_the_model_a_run_starts_from(prepared: Path) -> None:

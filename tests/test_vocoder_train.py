@@ -90,12 +90,12 @@ def test_a_short_run_lowers_mel_l1_and_reports_griffin_lim_beside_it(
     events = [e["event"] for e in _lines(run / "events.jsonl")]
     assert events[0] == "started" and events[-1] == "finished" and "best" in events
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
-        "last.pt",
-        "best.pt",
-        "good.pt",
-        "model.pt",  # best.pt without optimizer state: what synthesis loads
+        "last.pt",  # full state, the rollback target too: no step was bad
+        "best.pt",  # without optimizer or discriminator state: what synthesis loads
+        "model.pt",  # the same
         "step_0000006.pt",
     }
+    assert "discriminator" not in load_checkpoint(run / "checkpoints" / "best.pt")
     listened = run / "samples" / "step_0000006"
     assert {p.suffix for p in listened.iterdir()} == {".wav", ".png"}
     assert len(list((run / "samples" / "griffin_lim").glob("*.wav"))) == 1

@@ -76,7 +76,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if path.stat().st_size == 0:
             raise CheckpointError(
                 f"checkpoint {path} is empty (0 bytes), so it holds no model; use another "
-                "checkpoint of the run (best.pt, good.pt, step_N.pt) or copy it again"
+                "checkpoint of the run (best.pt or step_N.pt to synthesize or warm-start "
+                "from; good.pt, where there is one, to resume) or copy it again"
             )
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:

@@ -5,10 +5,10 @@ The engine owns what every run does the same way: stop requests (Ctrl-C, SIGTERM
 step boundary, agreed by every rank), the run log and its listeners, the divergence
 guard's verdicts (taken on the device; the host reads the numbers every `sync_every`
 steps, and every step while the guard counts bad steps), debug reports, rollback to
-good.pt, the checkpoint policy (last.pt; best.pt, step copies and good.pt as copies of
-it: train/records.py), evaluation cadence and its common metrics and events, the end of
-run events, and exact resume (checkpoint read once, overrides applied before anything
-is built: train/resuming.py).
+good.pt or last.pt, the checkpoint policy (full state in last.pt, and in good.pt only after
+bad steps; weights only in best.pt and step copies: train/records.py), evaluation
+cadence and its common metrics and events, the end of run events, and exact resume
+(checkpoint read once, overrides applied before anything is built: train/resuming.py).
 
 A model supplies only what is its own, by subclassing `RunSession`:
 
@@ -68,12 +68,16 @@ from tacotune.supervision.report import write_run_report
 from tacotune.train.inputs import Position
 from tacotune.train.ranks import agree, agree_on_interrupt, barrier, mean_over_ranks_on_device
 from tacotune.train.readout import Readout, StepRecord
-from tacotune.train.records import TrainState, copy_last, write_checkpoints
+from tacotune.train.records import (
+    GOOD_CHECKPOINT,
+    TrainState,
+    rollback_checkpoint,
+    write_checkpoints,
+)
 from tacotune.train.setup import Environment, process_rank
 
 log = logging.getLogger(__name__)
 
-GOOD_CHECKPOINT = "good.pt"  # the newest checkpoint written with no bad step since the previous
 LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
 
 
@@ -137,7 +141,7 @@ class RunSession(ABC):
     """
 
     KIND: ClassVar[str] = "run"  # "this <KIND> started" in messages
-    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = INFERENCE_KEYS  # what model.pt keeps of best.pt
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = INFERENCE_KEYS  # best.pt, step copies, model.pt
     VOCODER_REPORT: ClassVar[bool] = False  # report.md's layout
 
     config: Config
@@ -205,10 +209,18 @@ class RunSession(ABC):
         return Judged(loss, grad_norm, limits.device_verdict(loss, grad_norm), limits)
 
     def save(self, is_best: bool, step_copy: bool = True) -> None:
-        """Write last.pt (+ best.pt, step copy); mark it good if no step was bad since the last."""
-        write_checkpoints(self.run_dir, self.payload(), is_best, self.config.train, step_copy)
-        if self.guard.checkpoint_is_good():
-            copy_last(self.checkpoints, GOOD_CHECKPOINT)
+        """Write last.pt (+ best.pt, step copy); it is a rollback target if no step was bad
+        since the last checkpoint (train/records.py: the policy)."""
+        payload = self.payload()
+        write_checkpoints(
+            self.checkpoints,
+            payload,
+            good=self.guard.checkpoint_is_good(),
+            is_best=is_best,
+            step_copy=step_copy,
+            keep=self.config.train.keep_checkpoints,
+            inference_keys=self.INFERENCE_KEYS,
+        )
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue exactly from a checkpoint of this run."""
@@ -231,7 +243,10 @@ class RunSession(ABC):
         The data position keeps moving forward (the batches that hurt are not replayed);
         the rollback history, the wall clock and the run's best are not rolled back.
         """
-        good = load_checkpoint(self.checkpoints / GOOD_CHECKPOINT)
+        target = rollback_checkpoint(self.checkpoints)
+        if target is None:  # announce() writes one before the first step; it was removed
+            raise CheckpointError(f"no checkpoint to roll back to in {self.checkpoints}")
+        good = load_checkpoint(target)
         record = self.guard.rolled_back(self.state.step, good["state"]["step"], reason)
         self.load_training_state(good)
         kept = self.state.kept_on_rollback()
@@ -242,10 +257,10 @@ class RunSession(ABC):
 
     def announce(self, resumed: bool, **facts: Any) -> None:
         """Step 4 of every run: the resolved config, a first rollback target, the
-        started/resumed event; then every rank waits (all may need good.pt from now on)."""
+        started/resumed event; then every rank waits (all may need it from now on)."""
         if self.env.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
-            if not (self.checkpoints / GOOD_CHECKPOINT).exists():
+            if rollback_checkpoint(self.checkpoints) is None:
                 self.save(is_best=False, step_copy=False)
             self.run_log.event(
                 self.state.step,

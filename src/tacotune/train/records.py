@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tacotune.audio import griffin_lim
 from tacotune.checkpoint import prune_step_checkpoints, save_checkpoint
-from tacotune.config.schema import Config, TrainConfig
-from tacotune.files import copy_file_atomic
+from tacotune.config.schema import Config
 from tacotune.plotting import alignment_figure, gate_figure, mel_figure
 from tacotune.runlog import RunLog
 from tacotune.train.evaluate import Evaluation
@@ -67,31 +67,51 @@ class TrainState:
             setattr(self, name, value)
 
 
+GOOD_CHECKPOINT = "good.pt"  # the rollback target when last.pt is not one (see below)
+
+
 def write_checkpoints(
-    run_dir: Path,
+    directory: Path,
     payload: dict[str, Any],
+    *,
+    good: bool,
     is_best: bool,
-    config: TrainConfig,
-    step_copy: bool = True,
+    step_copy: bool,
+    keep: int,
+    inference_keys: tuple[str, ...],
 ) -> None:
-    """last.pt always; best.pt when the score improved; a step_N.pt copy, keeping the newest N.
-    The payload is serialized once; best.pt and step_N.pt are copies of the new last.pt."""
-    directory = run_dir / "checkpoints"
-    save_checkpoint(directory / "last.pt", payload)
-    if is_best:
-        copy_last(directory, "best.pt")
-    if step_copy and config.keep_checkpoints > 0:
-        copy_last(directory, f"step_{payload['state']['step']:07d}.pt")
-        prune_step_checkpoints(directory, config.keep_checkpoints)
+    """The checkpoint policy: each file holds the least its purpose needs.
 
-
-def copy_last(directory: Path, name: str) -> None:
-    """Make `name` an independent copy of last.pt, written atomically.
-
-    Never a hard link: a link shares its bytes with last.pt, so a user's `cp` over one
-    file, an editor or a write in place would damage the rollback point and best.pt with it.
+    - last.pt, full training state (resume, and rollback while it is good): always.
+    - good.pt, full training state: the newest checkpoint written with no bad step since the
+      one before it, kept only while last.pt is not such a one. Writing a checkpoint that is
+      not good moves a good last.pt aside to good.pt (a rename, no copy); writing a good one
+      removes good.pt. So a healthy run holds one full state, not two.
+    - best.pt (when the score improved) and step_N.pt (the newest `keep`): weights, config
+      and state only (`inference_keys`): what synthesis, the registry, export and warm
+      start read; about a third of a full checkpoint.
+    Every file is written atomically; none is a link to another.
     """
-    copy_file_atomic(directory / "last.pt", directory / name)
+    last, aside = directory / "last.pt", directory / GOOD_CHECKPOINT
+    if not good and last.exists() and not aside.exists():
+        os.replace(last, aside)  # the rollback target moves aside before last.pt is replaced
+    save_checkpoint(last, payload)
+    if good:
+        aside.unlink(missing_ok=True)  # last.pt is the rollback target now
+    light = {key: payload[key] for key in inference_keys}
+    if is_best:
+        save_checkpoint(directory / "best.pt", light)
+    if step_copy and keep > 0:
+        save_checkpoint(directory / f"step_{payload['state']['step']:07d}.pt", light)
+        prune_step_checkpoints(directory, keep)
+
+
+def rollback_checkpoint(directory: Path) -> Path | None:
+    """Where a rollback goes (good.pt, else last.pt), or None before the first checkpoint."""
+    for name in (GOOD_CHECKPOINT, "last.pt"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
 
 
 def write_samples(

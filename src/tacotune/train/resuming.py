@@ -3,6 +3,7 @@ anything (the listeners included) is built from its config."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ from tacotune.checkpoint import checkpoint_config, load_checkpoint
 from tacotune.config.load import override_config
 from tacotune.config.schema import Config
 from tacotune.errors import ConfigError
+from tacotune.train.records import GOOD_CHECKPOINT
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ def read_resume(
     """Read `run_dir`'s last checkpoint, `check` that it is of the right kind, and apply
     `overrides` (only `overridable` keys); refuse a run that already reached its step
     limit (`steps_key`) unless an override raises it."""
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(_resume_file(Path(run_dir)))
     check(checkpoint)
     refused = sorted({item.partition("=")[0].strip() for item in overrides} - overridable)
     if refused:
@@ -52,3 +56,17 @@ def read_resume(
             f"--set {steps_key}=N (N > {step})"
         )
     return ResumePoint(Path(run_dir), checkpoint, config)
+
+
+def _resume_file(run_dir: Path) -> Path:
+    """checkpoints/last.pt; good.pt when a run stopped between moving a good last.pt aside
+    and writing the next one (train/records.py), with a warning."""
+    if not run_dir.is_dir():
+        return run_dir  # load_checkpoint says what is wrong with it
+    last, aside = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / GOOD_CHECKPOINT
+    if not last.exists() and aside.is_file():
+        log.warning(
+            "%s has no last.pt (the run stopped while writing it): resuming from %s", run_dir, aside
+        )
+        return aside
+    return last

@@ -6,8 +6,8 @@ A vocoder checkpoint (written with `tacotune.checkpoint.save_checkpoint`) holds 
     generator       the generator's state dict, weight norm still in place
     audio           the `audio` config section the training mels were made with
 
-(`vocoder_payload` builds these three; training adds optimizer states and the like;
-a vocoder run's checkpoints/model.pt is its best.pt without them). Loading folds the
+(`vocoder_payload` builds these three; training adds optimizer states and the like to
+last.pt and good.pt only: best.pt, step copies and model.pt hold none). Loading folds the
 weight norm into plain weights, switches to eval mode (on CPU also to the faster
 channels-last 2-D layout) and checks that the mels it will be given are the mels it was
 trained on.

@@ -69,7 +69,7 @@ TEACHER_DIR = "teacher_mels"  # RUN/teacher_mels/<sha>/: an acoustic model's mel
 # the numbers of the "vocoder_beats_griffin_lim" event (PESQ, where measured, too)
 BEATEN = ("eval/mcd", "gl/mcd", "eval/mel_l1", "gl/mel_l1")
 RECORDINGS = {"source": "recordings"}  # the "mels" entry of a run on the prepared mels
-# what a vocoder's checkpoints/model.pt keeps of best.pt (see vocoder/neural.py)
+# what a vocoder's best.pt, step copies and model.pt hold (see vocoder/neural.py)
 INFERENCE_KEYS = (*PAYLOAD_KEYS, "config", "state", "mels", "dataset_fingerprint", "code_version")
 
 
