@@ -269,3 +269,51 @@ def test_resume_refuses_a_new_mlflow_uri(
     assert code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "its MLflow settings included" in errors[0]
+
+
+def test_registry_add_registers_in_mlflow_where_the_run_tracked(
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run trained with tracking.mlflow on: `registry add` also creates the version, with
+    its model card, in MLflow's Model Registry beside the run's own store (a Cyrillic name
+    included), and the registry remembers how much speech it heard."""
+    from tacotune.cli import main
+    from tacotune.train import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "runs" / "run"
+    train(tiny_train("tracking.mlflow=true"), prepared, run)  # no listener: only its config
+    root = tmp_path / "registry"
+    assert main(["-q", "registry", "add", str(run), "--root", str(root), "--name", "анна"]) == 0
+    uri = default_uri(tmp_path / "runs")  # the run's default store: beside the run
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name='анна'")
+    directory = root / "анна" / "v1"
+    assert version.source == directory.resolve().as_uri()
+    assert version.description == (directory / "README.md").read_text(encoding="utf-8")
+    assert version.tags == {"tacotune.ref": "анна:1"}
+    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    assert 0 < meta["data_hours"] < 0.01  # 12 short utterances, 10 in the training split
+    assert f"{meta['data_hours']:.2f} h of speech (its training split)" in version.description
+
+
+def test_registry_add_keeps_its_version_when_mlflow_fails(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tacotune.cli import main
+    from tacotune.train import train
+
+    run = tmp_path / "run"
+    train(tiny_train(), prepared, run)  # tracking.mlflow off: only --mlflow-uri asks for it
+    root = tmp_path / "registry"
+    bad = "sqlite:////proc/tacotune/mlflow.db"  # its folder cannot be made
+    argv = ["registry", "add", str(run / "checkpoints" / "model.pt"), "--root", str(root)]
+    assert main(["-q", *argv, "--name", "x", "--mlflow-uri", bad]) == 0
+    err = capsys.readouterr().err
+    assert "x:1 is registered here but not in MLflow: cannot make /proc/tacotune" in err
+    assert "Traceback" not in err and (root / "x" / "v1" / "model.pt").is_file()
+    assert main(["-q", *argv, "--name", "y"]) == 0  # no run config, no flag: no MLflow at all
+    assert "MLflow" not in capsys.readouterr().err

@@ -39,6 +39,7 @@ class RunFacts:
     score: float | None = None  # its composite score (lower is better)
     metrics: dict[str, float] = field(default_factory=dict)  # its evaluation, finite numbers
     trained_steps: int | None = None  # the run's last step
+    data_hours: float | None = None  # hours of speech it trained on (the training split)
 
 
 def run_facts(run_dir: Path) -> RunFacts:
@@ -59,11 +60,13 @@ def run_facts(run_dir: Path) -> RunFacts:
         and math.isfinite(value)
     }
     score = best[-1].get("score")
+    hours: Any = next((e.get("data_hours") for e in events if e.get("event") == Event.STARTED), 0)
     return RunFacts(
         step=step,
         score=float(score) if isinstance(score, int | float) else None,
         metrics=metrics,
         trained_steps=int(events[-1]["step"]) if events else None,
+        data_hours=float(hours) if _finite(hours) and hours > 0 else None,
     )
 
 
@@ -74,6 +77,7 @@ class CardFacts:
     title: str  # e.g. "anna v3"
     code_version: str  # the tacotune that trained it
     data_fingerprint: str
+    data_hours: float | None  # of speech in the training split, if known
     sample_rate: int
     n_mels: int
     reduction_factor: int
@@ -149,8 +153,8 @@ def model_card(facts: CardFacts) -> str:
         "",
         "## Data and training",
         "",
-        f"- data: the prepared dataset with fingerprint `{facts.data_fingerprint}` "
-        "(`tacotune prepare` writes it into the dataset's report)",
+        f"- data: {_hours(facts.data_hours)}the prepared dataset with fingerprint "
+        f"`{facts.data_fingerprint}` (`tacotune prepare` writes it into the dataset's report)",
         f"- started from: {facts.warm_start or 'random weights'}",
         f"- steps: {facts.steps if facts.steps is not None else 'unknown'} (these weights)",
         "",
@@ -190,3 +194,13 @@ def _metrics(facts: CardFacts) -> list[str]:
     others = sorted(k for k in facts.metrics if k not in KEY_METRICS and k != "score")
     rows += [f"| {key} | {facts.metrics[key]:.4g} | |" for key in others]
     return rows if len(rows) > 2 else ["No evaluation was recorded with this voice."]
+
+
+def _hours(hours: float | None) -> str:
+    """ "2.35 h of speech (its training split) in " or, unknown, "" (a card's data line)."""
+    return "" if hours is None else f"{hours:.2f} h of speech (its training split) in "
+
+
+def _finite(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

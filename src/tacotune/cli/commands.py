@@ -10,10 +10,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tacotune.config import Config, dump_config, load_config
 from tacotune.config.rules import validate
 from tacotune.errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from tacotune.registry.version import ModelVersion
 
 log = logging.getLogger("tacotune")
 
@@ -300,6 +304,33 @@ def cmd_auto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_mlflow_uri(given: str | None, source: Path) -> str | None:
+    """Where `registry add` also registers in MLflow's Model Registry: --mlflow-uri, else
+    the tracking store of a run whose config has tracking.mlflow on, else nowhere."""
+    if given:
+        return given
+    if not (source / "config.yaml").is_file():
+        return None
+    from tacotune.tracking.mlflow import default_uri
+
+    tracking = load_config(source / "config.yaml").tracking
+    if not tracking.mlflow:
+        return None
+    return tracking.mlflow_uri or default_uri(source.resolve().parent)  # where it logged
+
+
+def _register_in_mlflow(uri: str, version: ModelVersion) -> None:
+    """The new registry version in MLflow too; a failure there leaves it registered here."""
+    from tacotune.registry.version import CARD_FILE
+    from tacotune.tracking.mlflow import TrackingError, register_directory
+
+    card = (version.directory / CARD_FILE).read_text(encoding="utf-8")
+    try:
+        register_directory(uri, version.name, version.directory, card, version.ref)
+    except TrackingError as error:
+        log.warning("%s is registered here but not in MLflow: %s", version.ref, error)
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -320,6 +351,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
         source = Path(args.ref)
         checkpoint = source / "checkpoints" / "model.pt" if source.is_dir() else source
+        uri = _registry_mlflow_uri(args.mlflow_uri, source)  # checked before anything is written
         version = registry.register(
             source.name if args.name is None else args.name,  # `--name ""` is refused
             checkpoint,
@@ -327,6 +359,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
             vocoder=args.vocoder,
             run=run_facts(source) if source.is_dir() else None,  # its best evaluation
         )
+        if uri is not None:
+            _register_in_mlflow(uri, version)
     elif args.action == "promote":
         if not args.stage:
             raise ConfigError("registry promote needs --stage candidate|production|archived")

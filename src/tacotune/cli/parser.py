@@ -214,6 +214,12 @@ def _add_search_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "stored with the voice as vocoder.pt",
     )
     reg.add_argument("-o", "--output", default="exported", help="export: target directory")
+    reg.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="add: also register the version, with its model card, in this MLflow tracking "
+        "server's Model Registry (default: where the run logged, if tracking.mlflow was on)",
+    )
 
 
 def _add_vocoder_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -148,13 +148,15 @@ def resolve_voice(
         )
     registry = Registry(registry_root)
     version = registry.get(str(voice))
-    facts = RunFacts(version.steps, version.score, dict(version.metrics))
+    facts = RunFacts(
+        version.steps, version.score, dict(version.metrics), data_hours=version.data_hours
+    )
     return version.checkpoint, f"registry {version.ref}", version.vocoder(), facts
 
 
 def _card(name: str, payload: dict[str, Any], facts: RunFacts, neural: bool) -> str:
     """The model card of an export (tacotune/card.py); its commands run beside it."""
-    known = payload_facts(payload)
+    known = {**payload_facts(payload), "data_hours": facts.data_hours}
     card = CardFacts(
         title=name,
         **{**known, "steps": facts.step if facts.step is not None else known["steps"]},

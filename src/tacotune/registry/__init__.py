@@ -122,7 +122,7 @@ class Registry:
                 _place_vocoder(Path(vocoder), staging / VOCODER_FILE, payload)
                 clean_metrics |= _vocoder_metrics(Path(vocoder))
             write_json_atomic(staging / METRICS_FILE, clean_metrics)
-            facts = payload_facts(payload)
+            facts = {**payload_facts(payload), "data_hours": run.data_hours}
             steps = run.step if run.step is not None else facts["steps"]
             score = float(score) if score is not None else _payload_score(payload)
             with self._locked():
@@ -145,6 +145,7 @@ class Registry:
                     code_version=str(payload["code_version"]),
                     source=source,
                     steps=steps,
+                    data_hours=run.data_hours,
                     **hashes,
                 )
                 write_json_atomic(staging / META_FILE, version.meta())
@@ -297,11 +298,11 @@ class Registry:
 
 
 def versions_table(versions: Sequence[ModelVersion]) -> Table:
-    """A rich table: name, version, stage, score, voice metric, steps, created (UTC, to
-    the minute), source."""
+    """A rich table: name, version, stage, score, voice metric, steps, hours of training
+    speech, created (UTC, to the minute), source."""
     table = Table(title="registered models")
     table.add_column("name", overflow="fold")
-    for column in ("version", "stage", "score", "voice metric", "steps", "created"):
+    for column in ("version", "stage", "score", "voice metric", "steps", "data (h)", "created"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     table.add_column("source", overflow="fold", min_width=8)
     styles = {
@@ -316,6 +317,7 @@ def versions_table(versions: Sequence[ModelVersion]) -> Table:
             "—" if v.score is None else f"{v.score:.4f}",
             _shown(v.metrics.get("free/mcd_ratio")),
             "—" if v.steps is None else str(v.steps),
+            "—" if v.data_hours is None else f"{v.data_hours:.2f}",
             v.created[:16].replace("T", " "),  # stored as 2025-01-31T12:00:00+00:00
             Text(v.source or "—"),  # Text: a path with [brackets] is not markup
         )

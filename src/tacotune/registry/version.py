@@ -60,6 +60,7 @@ class ModelVersion:
     metrics_sha256: str = ""  # of metrics.json (likewise)
     steps: int | None = None  # the training step of the registered weights, if known
     card_sha256: str = ""  # of README.md, the model card ("" for versions registered before)
+    data_hours: float | None = None  # of speech in the run's training split, if known
 
     @property
     def checkpoint(self) -> Path:
@@ -159,8 +160,9 @@ _META_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         for key in HASHED_FILES
     },
     "steps": (lambda v: v is None or (type(v) is int and v >= 0), "a step number or null"),
+    "data_hours": (lambda v: v is None or (is_number(v) and v >= 0), "hours of speech or null"),
 }
-_OPTIONAL = {*HASHED_FILES, "steps"}  # absent from the meta.json of older versions
+_OPTIONAL = {*HASHED_FILES, "steps", "data_hours"}  # absent from older versions' meta.json
 
 
 def _meta_problem(meta: Any, directory: Path) -> str:

@@ -194,8 +194,6 @@ def trial_run(
 def register_model(uri: str, name: str, run_id: str, artifact_path: str) -> str | None:
     """Register the run's artifact `artifact_path` as a new version of model `name`;
     returns the version, or None (with a warning) when the run holds no such artifact."""
-    from mlflow.exceptions import MlflowException
-
     client = _connect(uri)
     artifact_path = artifact_path.strip("/")
     with _calling(f"register model {name!r}", uri):
@@ -203,15 +201,35 @@ def register_model(uri: str, name: str, run_id: str, artifact_path: str) -> str 
         if not any(f.path == artifact_path for f in client.list_artifacts(run_id, parent)):
             log.warning("MLflow run %s has no artifact %s to register", run_id, artifact_path)
             return None
-        try:
-            client.create_registered_model(name)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
+        _registered_model(client, name)
         source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
         version = client.create_model_version(name, source, run_id=run_id)
     log.info("registered %s version %s from run %s", name, version.version, run_id)
     return str(version.version)
+
+
+def register_directory(uri: str, name: str, directory: Path, card: str, ref: str) -> str:
+    """Register a tacotune registry version (its directory, with its model card as the
+    description) as a new version of model `name` in MLflow's Model Registry; the version."""
+    client = _connect(uri)
+    with _calling(f"register model {name!r}", uri):
+        _registered_model(client, name)
+        version = client.create_model_version(
+            name, directory.resolve().as_uri(), description=card, tags={"tacotune.ref": ref}
+        )
+    log.info("registered %s as MLflow model %s version %s", ref, name, version.version)
+    return str(version.version)
+
+
+def _registered_model(client: MlflowClient, name: str) -> None:
+    """Create registered model `name` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def run_from_environment() -> tuple[str, str] | None:
@@ -245,7 +263,13 @@ def _connect(uri: str) -> MlflowClient:
         raise TrackingError(f"MLflow tracking needs the mlflow package: {INSTALL_HINT}") from error
     database = _sqlite_path(uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(
+                f"cannot make {database.parent} for the MLflow database {database.name} "
+                f"({error.strerror or error}): give a tracking URI in a folder you can write"
+            ) from error
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

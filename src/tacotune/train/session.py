@@ -290,6 +290,7 @@ def open_session(
         checkpoint is not None,
         parameters=sum(p.numel() for p in model.parameters()),
         dataset=prepared.fingerprint,
+        data_hours=round(sum(e.duration for e in prepared.split("train")) / 3600, 4),
         warm_start=str(start.path) if start is not None else None,
         base_voice=start.voice.name if start is not None and start.voice else None,
         warm_start_skipped=skipped,
