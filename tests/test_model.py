@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_every_trainable_parameter_changes(option: str) -> None:
     b = batch([9, 6], [200, 140], pad_multiple(cfg.model))
     for _ in range(3):
         out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, r)
-        terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, cfg.loss, 0)
+        terms = tacotron2_loss(out, b, cfg.loss, 0)
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
@@ -105,11 +107,7 @@ def test_loss_ignores_padding() -> None:
     out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, 2)
 
     def total(mel: torch.Tensor, o=out) -> float:  # type: ignore[no-untyped-def]
-        return float(
-            tacotron2_loss(
-                o, mel, b.mel_lengths, b.text, b.text_lengths, cfg.loss, 0
-            ).total.detach()
-        )
+        return float(tacotron2_loss(o, dataclasses.replace(b, mel=mel), cfg.loss, 0).total.detach())
 
     garbage_target = b.mel.clone()
     garbage_target[1, :, 14:] = 1e3  # padded frames of the shorter item
@@ -208,9 +206,7 @@ def test_deferred_weight_gradients_equal_plain_autograd() -> None:
         for decoder in (m for m in model.modules() if isinstance(m, Decoder)):
             decoder.deferred_grads = deferred
         out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, 2)
-        tacotron2_loss(
-            out, b.mel, b.mel_lengths, b.text, b.text_lengths, cfg.loss, 0
-        ).total.backward()
+        tacotron2_loss(out, b, cfg.loss, 0).total.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     deferred, plain = gradients(True), gradients(False)

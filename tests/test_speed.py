@@ -302,7 +302,7 @@ def loss_and_grads(config: Config, prepare: Any = None) -> tuple[float, dict[str
         prepare(model)
     torch.manual_seed(1)
     out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, config.model.reduction_factor)
-    total = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, 0).total
+    total = tacotron2_loss(out, b, config.loss, 0).total
     total.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(total.detach()), grads

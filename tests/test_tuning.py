@@ -58,7 +58,7 @@ def _forward(config: Config, step: int = 500) -> dict[str, Any]:
     model = Tacotron2(config.model, len(SYMBOLS), 80)
     b = _batch(pad_multiple(config.model))
     out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, config.model.reduction_factor)
-    terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, step)
+    terms = tacotron2_loss(out, b, config.loss, step)
     terms.total.backward()
     optimizer = make_optimizer(model, config.train)
     return {

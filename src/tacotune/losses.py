@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tacotune.config.schema import LossConfig
+from tacotune.data.dataset import Batch
 from tacotune.model.tacotron2 import Tacotron2Output, decoder_steps
 
 
@@ -52,24 +53,22 @@ def guided_attention_weight(config: LossConfig, step: int) -> float:
     return max(config.guided_attn_floor, decayed)
 
 
-def tacotron2_loss(
-    out: Tacotron2Output,
-    mel: Tensor,
-    mel_lengths: Tensor,
-    text: Tensor,
-    text_lengths: Tensor,
-    config: LossConfig,
-    step: int,
-) -> LossTerms:
+def tacotron2_loss(out: Tacotron2Output, batch: Batch, config: LossConfig, step: int) -> LossTerms:
     """All terms for one batch.
 
     Args:
-        out: the model's teacher-forced output.
-        mel: (B, n_mels, T) targets; mel_lengths: (B,) real frames.
-        text: (B, N) ids; text_lengths: (B,) real characters (EOS included).
+        out: the model's teacher-forced output for `batch`.
+        batch: the targets, by name: mel (B, n_mels, T) and mel_lengths (B,) real frames,
+            text (B, N) ids and text_lengths (B,) real characters (EOS included).
         config: weights and switches.
         step: optimizer step, for the guided-attention schedule.
     """
+    mel, mel_lengths, text, text_lengths = (
+        batch.mel,
+        batch.mel_lengths,
+        batch.text,
+        batch.text_lengths,
+    )
     r = out.reduction_factor
     frame_mask = _length_mask(mel_lengths, mel.shape[2])  # (B, T)
     steps = decoder_steps(mel_lengths, r)  # (B,)

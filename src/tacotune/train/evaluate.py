@@ -111,7 +111,7 @@ def _teacher_forced(
     for batch in batches:
         b = batch.to(device)
         out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, r)
-        terms = tacotron2_loss(out, b.mel, b.mel_lengths, b.text, b.text_lengths, config.loss, step)
+        terms = tacotron2_loss(out, b, config.loss, step)
         steps = decoder_steps(b.mel_lengths, r)
         n = len(b.text_lengths)
         values = terms.scalars()

@@ -104,9 +104,7 @@ class Session(RunSession):
             out = self.wrapped(  # text lengths from the host: no device read
                 batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r
             )
-        terms = tacotron2_loss(
-            out, batch.mel, batch.mel_lengths, batch.text, batch.text_lengths, config.loss, step
-        )
+        terms = tacotron2_loss(out, batch, config.loss, step)
         self.latest = _Latest(out, batch, terms)
         # the norm the guard sees is the real one: unscaled, before clipping
         self.optimizer.zero_grad(set_to_none=True)

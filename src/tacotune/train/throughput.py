@@ -72,9 +72,7 @@ def measure_step_rate(
             env.device.type, dtype=env.autocast_dtype, enabled=env.autocast_dtype is not None
         ):
             out = model(batch.text, host_batch.text_lengths, batch.mel, batch.mel_lengths, r)
-        terms = tacotron2_loss(
-            out, batch.mel, batch.mel_lengths, batch.text, batch.text_lengths, config.loss, step
-        )
+        terms = tacotron2_loss(out, batch, config.loss, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(poison_non_finite(terms.total)).backward()
         scaler.unscale_(optimizer)
