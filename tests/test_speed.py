@@ -130,6 +130,12 @@ def _adamw() -> tuple[list[torch.nn.Parameter], torch.optim.AdamW]:
 
 
 def test_a_masked_step_leaves_parameters_and_optimizer_state_alone() -> None:
+    """Pins torch's private hand-off that masked_step uses (no public API skips a fused
+    step on the device): GradScaler sets `optimizer.grad_scale` and `optimizer.found_inf`
+    for an optimizer with `_step_supports_amp_scaling`, and the fused AdamW kernel skips
+    the update, moments and step count where found_inf is 1. Written against torch 2.13.0
+    (what ./run installs); should a torch upgrade change the hand-off, this test fails."""
+    assert optimizer_supports_the_hand_off()
     params, optimizer = _adamw()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for good in (True, False, True):
@@ -144,6 +150,11 @@ def test_a_masked_step_leaves_parameters_and_optimizer_state_alone() -> None:
             assert all(torch.equal(a, b) for a, b in zip(state, after, strict=True))
         optimizer.zero_grad()
     assert int(optimizer.state[params[0]]["step"]) == 2  # the skipped step is not counted
+
+
+def optimizer_supports_the_hand_off() -> bool:
+    _, optimizer = _adamw()
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 def test_masked_step_needs_a_fused_optimizer() -> None:

@@ -38,7 +38,9 @@ def masked_step(
     """`optimizer.step()`, skipped on the device where `bad` (a () bool tensor) is true.
 
     The fused AdamW skips a step whose `found_inf` is 1, moments and step count
-    included: the flag GradScaler hands a fused optimizer. With fp16 the scaler hands
+    included: the flag GradScaler hands a fused optimizer. That hand-off is private to
+    torch (no public API skips a step on the device); tests/test_speed.py pins it for the
+    torch ./run installs (2.13.0). With fp16 the scaler hands
     its own flag, and a bad fp16 step (a non-finite loss) has NaN gradients
     (`poison_non_finite`), so the scaler skips it.
     """
