@@ -68,12 +68,7 @@ from tacotune.supervision.report import write_run_report
 from tacotune.train.inputs import Position
 from tacotune.train.ranks import agree, agree_on_interrupt, barrier, mean_over_ranks_on_device
 from tacotune.train.readout import Readout, StepRecord
-from tacotune.train.records import (
-    GOOD_CHECKPOINT,
-    TrainState,
-    rollback_checkpoint,
-    write_checkpoints,
-)
+from tacotune.train.records import TrainState, rollback_checkpoint, write_checkpoints
 from tacotune.train.setup import Environment, process_rank
 
 log = logging.getLogger(__name__)
@@ -507,7 +502,6 @@ def _due(step: int, every: int) -> bool:
 
 
 __all__ = [
-    "GOOD_CHECKPOINT",
     "Evaluated",
     "Judged",
     "RunLimits",
