@@ -38,7 +38,7 @@ from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.cli import main
 from tacotune.config.schema import AlertsConfig
 from tacotune.runlog import read_jsonl
-from test_synthesize import untrained_payload
+from test_synthesize import save_untrained_voice
 
 from conftest import TINY_TRAIN
 
@@ -72,15 +72,8 @@ def _temp_files(directory: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny voice saved as a complete inference checkpoint."""
-    path = tmp_path_factory.mktemp("voice") / "voice.pt"
-    payload = {
-        **untrained_payload("model.max_decoder_steps=8"),
-        "state": {"step": 0},
-        "dataset_fingerprint": "f" * 16,
-        "code_version": tacotune.__version__,
-    }
-    save_checkpoint(path, payload)
-    return path
+    voice = tmp_path_factory.mktemp("voice") / "voice.pt"
+    return save_untrained_voice(voice, "model.max_decoder_steps=8")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,10 @@ from typing import Any
 import pytest
 import torch
 
-import tacotune
-from tacotune.checkpoint import save_checkpoint
 from tacotune.cli import main
 from tacotune.outputs import Kind, kind_of
 from tacotune.registry import Registry
-from test_synthesize import untrained_payload
+from test_synthesize import save_untrained_voice
 from test_vocoder_train import TINY_VOCODER
 
 from conftest import TINY_TRAIN, good_rows
@@ -59,15 +57,7 @@ def _snapshot(directory: Path) -> dict[str, bytes | None]:
 @pytest.fixture(scope="module")
 def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny voice, a complete inference checkpoint."""
-    path = tmp_path_factory.mktemp("voice") / "voice.pt"
-    payload = {
-        **untrained_payload(),
-        "state": {"step": 0},
-        "dataset_fingerprint": "f" * 16,
-        "code_version": tacotune.__version__,
-    }
-    save_checkpoint(path, payload)
-    return path
+    return save_untrained_voice(tmp_path_factory.mktemp("voice") / "voice.pt")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from tacotune import __version__
 from tacotune.checkpoint import config_payload, save_checkpoint
 from tacotune.config import load_config
 from tacotune.errors import TextError, UnknownSymbolError
@@ -45,6 +46,18 @@ def untrained_payload(*overrides: str) -> dict[str, Any]:
         "model": model.state_dict(),
         "text_frontend": TextFrontend(config.text).state(),
     }
+
+
+def save_untrained_voice(path: Path, *overrides: str) -> Path:
+    """`untrained_payload` saved at `path` as a complete inference checkpoint."""
+    payload = {
+        **untrained_payload(*overrides),
+        "state": {"step": 0},
+        "dataset_fingerprint": "f" * 16,
+        "code_version": __version__,
+    }
+    save_checkpoint(path, payload)
+    return path
 
 
 def test_speech_is_bounded_and_reports_the_step_limit() -> None:
