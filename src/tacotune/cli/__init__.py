@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.logging import RichHandler
 
@@ -57,7 +58,7 @@ def _configure_logging(verbose: bool) -> None:
         )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
@@ -66,3 +67,20 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("matplotlib", "numba", "PIL", "urllib3", "pymorphy3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not to the stream of
+    the moment logging was configured: a caller that swaps stderr (a notebook, a test
+    harness capturing each test) never gets "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """StreamHandler assigns its stream; this handler always follows sys.stderr."""
