@@ -24,6 +24,7 @@ from tacotune.export.readme import PARITY_TOLERANCE
 from tacotune.export.runtime import OnnxVoice
 from tacotune.export.runtime import griffin_lim as runtime_griffin_lim
 from tacotune.export.synthesizer import OnnxSynthesizer
+from tacotune.extras import MissingExtraError
 from tacotune.files import OutputError
 from tacotune.model.decoder import Stopping
 from tacotune.registry import Registry, RegistryError
@@ -279,10 +280,12 @@ def test_missing_onnx_packages_are_clear_errors(
     voice: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
-    with pytest.raises(ExportError, match=r"pip install 'tacotune\[export\]'"):
+    extra = r"needs the {} package, which cannot be imported .*: pip install 'tacotune\[export\]'"
+    with pytest.raises(MissingExtraError, match="exporting to ONNX " + extra.format("onnx")):
         export_voice(voice[0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ExportError, match=r"needs onnxruntime"):
+    with pytest.raises(MissingExtraError, match=extra.format("onnxruntime")):
         OnnxVoice(voice[1])
 
 

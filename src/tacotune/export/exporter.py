@@ -34,6 +34,7 @@ from tacotune.config.schema import Config
 from tacotune.export.bundle import CONFIG, FRONTEND, README, ExportError, write_manifest
 from tacotune.export.graphs import OPSET, export_graphs
 from tacotune.export.readme import export_readme
+from tacotune.extras import require
 from tacotune.files import full_disk_is_an_error
 from tacotune.model.tacotron2 import Tacotron2
 from tacotune.outputs import Kind, check_output
@@ -61,7 +62,7 @@ def export_voice(
     voice's audio settings). None: a registry version's own vocoder.pt if it has one, else
     the runtime uses Griffin-Lim.
     """
-    _require_onnx()
+    require("onnx", "export", "exporting to ONNX")  # torch.onnx.export writes with it
     output = check_output(output, Kind.EXPORT)  # new or empty; a link's target (outputs.py)
     checkpoint, source, registered_vocoder, facts = resolve_voice(voice, registry_root)
     payload = load_checkpoint(checkpoint)
@@ -118,16 +119,6 @@ def _write_bundle(
 def _weight_bytes(*modules: nn.Module | None) -> int:
     """The size of the modules' weights as float32: about what their graphs take on disk."""
     return sum(4 * p.numel() for m in modules if m is not None for p in m.parameters())
-
-
-def _require_onnx() -> None:
-    """torch.onnx.export writes its protobuf with the onnx package."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError as error:
-        raise ExportError(
-            f"exporting to ONNX needs the onnx package ({error}): pip install 'tacotune[export]'"
-        ) from error
 
 
 def resolve_voice(

@@ -39,6 +39,7 @@ from tacotune.export.bundle import (
     check_graph,
     read_manifest,
 )
+from tacotune.extras import require
 from tacotune.text.frontend import TextFrontend
 
 # (shape (layers, B, prenet_dim), keep probability) -> 0/1 float32 keep-masks of that shape
@@ -245,14 +246,9 @@ def _frontend(path: Path) -> TextFrontend:
 def _session(path: Path, threads: int | None, model: dict[str, Any]) -> Any:
     """An onnxruntime CPU session (sequential, `threads` intra-op threads) of a graph whose
     inputs and outputs are the ones this runtime uses (bundle.check_graph)."""
-    try:
-        import onnxruntime as ort
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-    except ImportError as error:
-        raise ExportError(
-            "running an ONNX export needs onnxruntime: pip install 'tacotune[export]' "
-            "(or just onnxruntime)"
-        ) from error
+    ort = require("onnxruntime", "export", "running an ONNX export")
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
