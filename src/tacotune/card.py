@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -54,19 +54,16 @@ def run_facts(run_dir: Path) -> RunFacts:
     metrics = {
         key: float(value)
         for key, value in (rows[-1] if rows else {}).items()
-        if key not in ("step", "wall_time")
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
+        if key not in ("step", "wall_time") and _finite(value)
     }
     score = best[-1].get("score")
-    hours: Any = next((e.get("data_hours") for e in events if e.get("event") == Event.STARTED), 0)
+    hours = next((e.get("data_hours") for e in events if e.get("event") == Event.STARTED), None)
     return RunFacts(
         step=step,
         score=float(score) if isinstance(score, int | float) else None,
         metrics=metrics,
         trained_steps=int(events[-1]["step"]) if events else None,
-        data_hours=float(hours) if _finite(hours) and hours > 0 else None,
+        data_hours=float(hours) if _finite(hours) else None,
     )
 
 
@@ -201,6 +198,6 @@ def _hours(hours: float | None) -> str:
     return "" if hours is None else f"{hours:.2f} h of speech (its training split) in "
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -311,12 +311,10 @@ def _registry_mlflow_uri(given: str | None, source: Path) -> str | None:
         return given
     if not (source / "config.yaml").is_file():
         return None
-    from tacotune.tracking.mlflow import default_uri
+    from tacotune.tracking.mlflow import tracking_uri
 
-    tracking = load_config(source / "config.yaml").tracking
-    if not tracking.mlflow:
-        return None
-    return tracking.mlflow_uri or default_uri(source.resolve().parent)  # where it logged
+    config = load_config(source / "config.yaml")
+    return tracking_uri(config, source) if config.tracking.mlflow else None  # where it logged
 
 
 def _register_in_mlflow(uri: str, version: ModelVersion) -> None:

@@ -251,8 +251,14 @@ def mlflow_run_for(config: Config, run_dir: Path) -> MlflowRun | None:
         return MlflowRun(uri, config.tracking.mlflow_experiment, run_id=run_id)
     if not config.tracking.mlflow:
         return None
-    uri = config.tracking.mlflow_uri or default_uri(run_dir.parent)
+    uri = tracking_uri(config, run_dir)
     return MlflowRun(uri, config.tracking.mlflow_experiment, run_name=run_dir.name)
+
+
+def tracking_uri(config: Config, run_dir: Path) -> str:
+    """Where a run with tracking.mlflow on logs: tracking.mlflow_uri, else
+    `run_dir/../mlflow.db`."""
+    return config.tracking.mlflow_uri or default_uri(run_dir.parent)
 
 
 def _connect(uri: str) -> MlflowClient:
