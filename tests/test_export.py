@@ -128,6 +128,7 @@ def fast_griffin_lim(seed: int = 0) -> GriffinLim:
     [
         ("model.gst=true", "model.prenet_dropout=0"),  # style tokens; no prenet_masks input
         ("model.reduction_schedule=[[0, 3], [100, 2]]", "model.ddc=true"),  # r < the max r
+        ("model.attention=forward",),  # another attention: its own state, carried by name
     ],
 )
 def test_parity_holds_for_model_variants(tmp_path: Path, overrides: tuple[str, ...]) -> None:

@@ -72,6 +72,7 @@ OPTIONS = {
     "ddc": ["model.ddc=true", "model.ddc_reduction_factor=4"],
     "gst": ["model.gst=true"],
     "ctc": ["model.ctc=true", "model.reduction_factor=1"],
+    "forward attention": ["model.attention=forward"],
 }
 
 

@@ -66,6 +66,7 @@ class ModelConfig:
     encoder_dim: int = 512  # encoder channels; the BiLSTM has encoder_dim/2 units per direction
     encoder_dropout: float = 0.5  # dropout after each encoder convolution
     attention_rnn_dim: int = 1024  # attention LSTM units
+    attention: Literal["location", "forward"] = "location"  # mechanism (model/attention/)
     attention_dim: int = 128  # attention query/key projection size
     attention_location_filters: int = 32  # location-feature convolution filters
     attention_location_kernel_size: int = 31  # location-feature convolution width

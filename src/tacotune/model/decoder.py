@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tacotune.model.attention import LocationSensitiveAttention
+from tacotune.model.attention import AttentionDims, build_attention
 from tacotune.model.layers import LinearNorm, Prenet
 from tacotune.model.recurrent import RecurrentLinear
 
@@ -105,7 +105,7 @@ class Stopping:
         self.done = self.done | gate_stop | end_stop | (self.steps >= self.max_steps)
 
 
-STATE = ("att_h", "att_c", "dec_h", "dec_c", "weights", "cumulative", "context")  # step state
+RECURRENT_STATE = ("att_h", "att_c", "dec_h", "dec_c", "context")  # the LSTMs' step state
 
 
 class StepWeights(NamedTuple):
@@ -116,7 +116,7 @@ class StepWeights(NamedTuple):
     attention_recurrent: RecurrentLinear  # (4 * H_att, memory_dim + H_att) on [context, att_h]
     decoder: RecurrentLinear  # (4 * H_dec, H_att + memory_dim + H_dec) on [att_h, context, dec_h]
     decoder_bias: Tensor  # (4 * H_dec,)
-    location: Tensor  # folded location-attention kernel
+    attention: Tensor | None  # the attention's own derived weight (`Attention.step_weights`)
 
 
 def lstm_pointwise(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,6 +147,7 @@ class DecoderDims:
     prenet_dim: int
     prenet_dropout: float
     attention_rnn_dim: int
+    attention: str  # the mechanism's name in model.attention.ATTENTIONS
     attention_dim: int
     location_filters: int
     location_kernel_size: int
@@ -158,7 +159,7 @@ class DecoderDims:
 
 
 class Decoder(nn.Module):
-    """Tacotron2 decoder with location-sensitive attention."""
+    """Tacotron2 decoder with any attention mechanism of model/attention/."""
 
     def __init__(self, dims: DecoderDims) -> None:
         super().__init__()
@@ -166,13 +167,18 @@ class Decoder(nn.Module):
         self.dims = d
         self.prenet = Prenet(d.n_mels, d.prenet_dim, d.prenet_dropout)
         self.attention_rnn = nn.LSTMCell(d.prenet_dim + d.memory_dim, d.attention_rnn_dim)
-        self.attention = LocationSensitiveAttention(
-            d.attention_rnn_dim,
-            d.memory_dim,
-            d.attention_dim,
-            d.location_filters,
-            d.location_kernel_size,
+        self.attention = build_attention(
+            d.attention,
+            AttentionDims(
+                d.attention_rnn_dim,
+                d.memory_dim,
+                d.attention_dim,
+                d.location_filters,
+                d.location_kernel_size,
+            ),
         )
+        # the names of the step state: the LSTMs' and then the attention's own
+        self.state_names = RECURRENT_STATE + self.attention.STATE
         self.decoder_rnn = nn.LSTMCell(d.attention_rnn_dim + d.memory_dim, d.decoder_rnn_dim)
         self.projection = LinearNorm(
             d.decoder_rnn_dim + d.memory_dim, d.n_mels * d.max_reduction_factor
@@ -181,7 +187,7 @@ class Decoder(nn.Module):
             LinearNorm(d.decoder_rnn_dim + d.memory_dim, 1, gain="sigmoid") if d.with_gate else None
         )
         # the training forward's step function when set (a compiled `advance`); eager if None
-        self.compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
+        self.compiled_step: Callable[..., tuple[tuple[Tensor, ...], Tensor]] | None = None
         # compute the recurrent weight gradients once per pass (recurrent.py); a compiled
         # step cannot hold the Python state this needs, so compiling switches it off
         self.deferred_grads = True
@@ -325,7 +331,8 @@ class Decoder(nn.Module):
         return StepOutput(frames, self.gate_layer(features).squeeze(-1), attention)
 
     def initial_state(self, memory: Tensor, weights: StepWeights) -> dict[str, Tensor]:
-        """Zero state; the hidden states pass through the deferred-gradient anchors."""
+        """Zero state (named by `state_names`); the hidden states pass through the
+        deferred-gradient anchors."""
         batch, n, memory_dim = memory.shape
         zeros = memory.new_zeros
         return {
@@ -333,9 +340,8 @@ class Decoder(nn.Module):
             "att_c": zeros(batch, self.dims.attention_rnn_dim),
             "dec_h": weights.decoder.anchor(zeros(batch, self.dims.decoder_rnn_dim)),
             "dec_c": zeros(batch, self.dims.decoder_rnn_dim),
-            "weights": zeros(batch, n),
-            "cumulative": zeros(batch, n),
             "context": zeros(batch, memory_dim),
+            **{name: zeros(batch, n) for name in self.attention.STATE},  # (B, N) each
         }
 
     def step_weights(self) -> StepWeights:
@@ -352,7 +358,7 @@ class Decoder(nn.Module):
                 _autocast_ready(torch.cat([d.weight_ih, d.weight_hh], dim=1)), deferred
             ),
             decoder_bias=d.bias_ih + d.bias_hh,
-            location=self.attention.folded_location_weight(),
+            attention=self.attention.step_weights(),
         )
 
     def _keep_masks(self, batch: int, steps: int) -> Iterator[tuple[Tensor, Tensor] | None]:
@@ -380,15 +386,16 @@ class Decoder(nn.Module):
         mask: Tensor,
         w: StepWeights,
         keep: tuple[Tensor, Tensor] | None,
-        step_function: Callable[..., tuple[Tensor, ...]] | None = None,
+        step_function: Callable[..., tuple[tuple[Tensor, ...], Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Advance `state` by one step (with `step_function`, default `advance`); returns the
         decoder output, context and attention weights."""
-        new = (step_function or self.advance)(
-            prenet_gates, tuple(state[name] for name in STATE), memory, processed, mask, w, keep
+        names = self.state_names
+        new, attention = (step_function or self.advance)(
+            prenet_gates, tuple(state[name] for name in names), memory, processed, mask, w, keep
         )
-        state.update(zip(STATE, new, strict=True))
-        return state["dec_h"], state["context"], state["weights"]
+        state.update(zip(names, new, strict=True))
+        return state["dec_h"], state["context"], attention
 
     def advance(
         self,
@@ -399,27 +406,28 @@ class Decoder(nn.Module):
         mask: Tensor,
         w: StepWeights,
         keep: tuple[Tensor, Tensor] | None,
-    ) -> tuple[Tensor, ...]:
-        """One decoder step as a pure function: the state (in `STATE` order) after it.
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        """One decoder step as a pure function: the state (in `state_names` order) after
+        it, and the step's (B, N) attention weights.
 
         `prenet_gates` (B, 4 * attention_rnn_dim) is the prenet's share of the
         attention-LSTM gates, bias included; `keep` the (B, H) dropout keep-masks of the
         two LSTM states (None: no dropout).
         """
-        att_h, att_c, dec_h, dec_c, weights, cumulative, context = state
+        att_h, att_c, dec_h, dec_c, context = state[: len(RECURRENT_STATE)]
+        attention_state = state[len(RECURRENT_STATE) :]
         d = self.dims
         recurrent = w.attention_recurrent(torch.cat([context, att_h], dim=-1))
         att_h, att_c = lstm_pointwise(prenet_gates + recurrent, att_c)
         if keep is not None:
             att_h = att_h * keep[0] / (1 - d.attention_dropout)
-        weights_cat = torch.stack([weights, cumulative], dim=1)  # (B, 2, N)
-        context, weights = self.attention(att_h, memory, processed, weights_cat, mask, w.location)
-        cumulative = cumulative + weights
+        attended = self.attention(att_h, memory, processed, mask, attention_state, w.attention)
+        context = attended.context
         decoder_in = torch.cat([att_h, context, dec_h], dim=-1)
         dec_h, dec_c = lstm_pointwise(w.decoder(decoder_in) + w.decoder_bias, dec_c)
         if keep is not None:
             dec_h = dec_h * keep[1] / (1 - d.decoder_dropout)
-        return att_h, att_c, dec_h, dec_c, weights, cumulative, context
+        return (att_h, att_c, dec_h, dec_c, context, *attended.state), attended.weights
 
     def _frames(self, projected: Tensor, r: int) -> Tensor:
         """(B, S, n_mels * r_max) -> (B, n_mels, S * r)"""

@@ -69,6 +69,7 @@ class Tacotron2(nn.Module):
             prenet_dim=c.prenet_dim,
             prenet_dropout=c.prenet_dropout,
             attention_rnn_dim=c.attention_rnn_dim,
+            attention=c.attention,
             attention_dim=c.attention_dim,
             location_filters=c.attention_location_filters,
             location_kernel_size=c.attention_location_kernel_size,
