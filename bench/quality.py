@@ -4,6 +4,7 @@
     python bench/quality.py --minutes 60 --name hour         # the one-hour curve
     python bench/quality.py --set model.reduction_factor=3 --name r3 --steps 1500
     python bench/quality.py --noise runs/bench/quality_demo  # metric noise of a finished run
+    python bench/quality.py --prenet-dropout CHECKPOINT      # inference prenet dropout
 
 Trains the preset (no early stopping) on the prepared demo corpus, evaluating every
 --eval-every steps, and writes runs/bench/quality_NAME/: the run itself, curve.png (voice
@@ -14,6 +15,9 @@ they depend on the machine and on what else runs on it; steps do not.
 --noise RUN re-evaluates RUN's best checkpoint with different free-running seeds and with
 4, 8 and 16 validation utterances: the spread of the voice metric between evaluations of the
 same weights, i.e. how large a difference between two evaluations means anything.
+
+--prenet-dropout CHECKPOINT evaluates one checkpoint with the prenet's inference dropout
+at 0.5 (Tacotron2's, what training uses), 0.4, 0.3 and 0.2, three seeds each.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 import math
 import shutil
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +93,9 @@ def plot(rows: list[dict[str, float]], path: Path, name: str) -> None:
     plt.close(fig)
 
 
-def noise(run_dir: Path, seeds: int) -> None:
-    """The voice metric of one checkpoint, evaluated again and again."""
+def voice_metric_of(checkpoint: Path) -> tuple[Any, Callable[[list[str]], float]]:
+    """`checkpoint`'s model, and a function: config overrides -> the voice metric of that
+    model as it is then, evaluated on the demo corpus with them."""
     import torch
 
     from tacotune.checkpoint import checkpoint_config, load_checkpoint
@@ -100,23 +105,42 @@ def noise(run_dir: Path, seeds: int) -> None:
     from tacotune.train.evaluate import evaluate
     from tacotune.train.inputs import build_training_data
 
-    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    payload = load_checkpoint(checkpoint)
     base = checkpoint_config(payload)
     model = Tacotron2(base.model, len(SYMBOLS), base.audio.n_mels)
     model.load_state_dict(payload["model"])
     prepared = load_prepared(demo_prepared())
+    step, r = payload["state"]["step"], model.final_reduction_factor
+
+    def measure(overrides: list[str]) -> float:
+        config = override_config(base, overrides)
+        data = build_training_data(prepared, config, 0, 1)
+        evaluation = evaluate(model, [], data.utterances, config, step, r, torch.device("cpu"))
+        return evaluation.metrics["free/mcd_ratio"]
+
+    return model, measure
+
+
+def prenet_dropout(checkpoint: Path) -> None:
+    """The voice metric of one checkpoint with less prenet dropout at inference."""
+    model, measure = voice_metric_of(checkpoint)
+    rows: list[dict[str, Any]] = []
+    for dropout in (0.5, 0.4, 0.3, 0.2):
+        model.decoder.prenet.dropout = dropout
+        ratios = [measure([f"train.seed={seed}"]) for seed in range(3)]
+        rows.append({"dropout": dropout, "mean": statistics.mean(ratios), "min": min(ratios)})
+    report("quality_prenet_dropout", rows)
+
+
+def noise(run_dir: Path, seeds: int) -> None:
+    """The voice metric of one checkpoint, evaluated again and again."""
+    _, measure = voice_metric_of(run_dir / "checkpoints" / "best.pt")
     rows: list[dict[str, Any]] = []
     for utterances in (4, 8, 16):
-        ratios = []
-        for seed in range(seeds):
-            config = override_config(
-                base,
-                [f"supervision.free_running_val_utterances={utterances}", f"train.seed={seed}"],
-            )
-            data = build_training_data(prepared, config, 0, 1)
-            step, r = payload["state"]["step"], model.final_reduction_factor
-            evaluation = evaluate(model, [], data.utterances, config, step, r, torch.device("cpu"))
-            ratios.append(evaluation.metrics["free/mcd_ratio"])
+        ratios = [
+            measure([f"supervision.free_running_val_utterances={utterances}", f"train.seed={seed}"])
+            for seed in range(seeds)
+        ]
         rows.append(
             {
                 "utterances": utterances,
@@ -140,9 +164,12 @@ def main() -> None:
     parser.add_argument("--name", default="demo", help="runs/bench/quality_NAME")
     parser.add_argument("--noise", type=Path, help="re-evaluate this bench run's best.pt")
     parser.add_argument("--seeds", type=int, default=5, help="--noise: evaluations per setting")
+    parser.add_argument("--prenet-dropout", type=Path, help="evaluate this checkpoint")
     args = parser.parse_args()
     if args.noise is not None:
         noise(args.noise / "run", args.seeds)
+    elif args.prenet_dropout is not None:
+        prenet_dropout(args.prenet_dropout)
     else:
         train_curve(args)
 

@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                      # demo and base, r=1 and 2
     python bench/train_throughput.py --config base.yaml --r 2 --precision fp32
+    python bench/train_throughput.py --config demo.yaml --r 4 --attention location forward
 
 Batch 16, 2 threads, length-bucketed batches drawn exactly as training draws them
 (tacotune.train.throughput, which `tacotune auto` uses too); the first 2 steps (warm-up)
@@ -18,11 +19,14 @@ from tacotune.config import load_config
 from tacotune.train.throughput import measure_step_rate
 
 
-def measure(config_name: str, r: int, precision: str, steps: int) -> dict[str, object]:
+def measure(
+    config_name: str, r: int, attention: str, precision: str, steps: int
+) -> dict[str, object]:
     cfg = load_config(
         config_name,
         [
             f"model.reduction_factor={r}",
+            f"model.attention={attention}",
             "train.batch_size=16",
             "train.threads=2",
             f"train.precision={precision}",
@@ -33,6 +37,7 @@ def measure(config_name: str, r: int, precision: str, steps: int) -> dict[str, o
         "config": config_name,
         "params_M": rate.parameters / 1e6,
         "r": r,
+        "attention": attention,
         "precision": rate.precision,
         "steps_per_s": rate.steps_per_second,
         "mel_frames_per_s": rate.mel_frames_per_second,
@@ -45,10 +50,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", nargs="+", default=["demo.yaml", "base.yaml"])
     parser.add_argument("--r", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--attention", nargs="+", default=["location"])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    rows = [measure(c, r, args.precision, args.steps) for c in args.config for r in args.r]
+    rows = [
+        measure(c, r, attention, args.precision, args.steps)
+        for c in args.config
+        for r in args.r
+        for attention in args.attention
+    ]
     report("train_throughput", rows)
 
 

@@ -338,6 +338,9 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
     assert job.config().train.warm_start == "ru-base-small"
     state.stages["plan"] = {**facts, "warm_start": ""}
     assert job.config().train.warm_start == ""
+    assert job.config().model.attention == "location"  # the preset's: the plan chose none
+    state.stages["plan"] = {**facts, "warm_start": "", "attention": "forward"}
+    assert job.config().model.attention == "forward"
 
 
 # --- refused before any work: arguments and a damaged auto.json -------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tacotune.auto.plan import choose_start
+from tacotune.auto.plan import SCRATCH_ATTENTION, choose_attention, choose_start
 from tacotune.checkpoint import checkpoint_config, load_checkpoint, warm_start_state
 from tacotune.cli import main
 from tacotune.config import load_config
@@ -159,3 +159,20 @@ def test_auto_starts_from_the_base_that_fits_unless_told_otherwise() -> None:
     assert start == "" and "no shipped base voice fits" in why
     own = load_config("demo.yaml", ["train.warm_start=runs/mine"])
     assert choose_start(own, from_scratch=False)[0] == "runs/mine"
+
+
+def test_auto_trains_forward_attention_from_random_weights_only() -> None:
+    """The base voice's weights fix its attention; from random weights auto picks the one
+    that speaks sooner; a user's own choice always wins."""
+    demo = load_config("demo.yaml")
+    assert demo.model.attention != SCRATCH_ATTENTION  # otherwise the test shows nothing
+    assert choose_attention(demo, NAME, chosen_by_user=False) == (
+        "",
+        f"attention: location (that of {NAME}'s weights)",
+    )
+    attention, why = choose_attention(demo, "", chosen_by_user=False)
+    assert attention == SCRATCH_ATTENTION and "from random weights" in why
+    assert choose_attention(demo, "", chosen_by_user=True) == (
+        "",
+        "attention: location (your config)",
+    )

@@ -38,6 +38,7 @@ FACTS: dict[str, Schema] = {
         "vocoder_minutes?": NUMBER,
         "vocoder_steps_per_second?": NUMBER,
         "warm_start?": (str,),
+        "attention?": (str,),
     },
     AutoStage.TUNE: {
         "best_trial": (int, *NULL),

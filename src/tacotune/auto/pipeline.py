@@ -130,6 +130,7 @@ def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
 
 def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.auto.plan import (
+        choose_attention,
         choose_preset,
         choose_start,
         detect_hardware,
@@ -151,6 +152,11 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         reasons.append(f"model: {why}")
     start, why = choose_start(config, job.from_scratch)
     reasons.append(why)
+    chosen = job.explicit or any(o.startswith("model.attention=") for o in job.overrides)
+    attention, why = choose_attention(config, start, chosen)
+    reasons.append(why)
+    if attention:
+        config = apply(config, {"model.attention": attention})
     rate = run_rate(apply(config, {"train.warm_start": start}), job.out / "prepared", reasons)
     minutes = (job.state.left - RESERVE_SECONDS) / 60
     vocoder_rate = measure_vocoder_rate(config) if hardware.gpu else 0.0
@@ -162,6 +168,7 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         vocoder_minutes=vocoder_minutes,
         vocoder_steps_per_second=vocoder_rate,
         warm_start=start,
+        attention=attention,
     )
     for reason in plan.reasons:
         log.info("auto plan: %s", reason)

@@ -52,6 +52,9 @@ MIN_VOCODER_MINUTES = 10.0  # less is not worth the teacher-forced mels and eval
 # (README, "Neural vocoder"), this is that audio scaled to the paper's batch, with margin
 MIN_VOCODER_STEPS = 2000
 CPU_VOCODER_SECONDS_PER_STEP = 250.0  # one paper-batch step on 2 CPU cores (bench/vocoder.py)
+# from random weights: forward attention speaks sooner than location-sensitive attention
+# (bench/time_to_voice.py, README "Benchmarks"); a base voice fixes its own attention
+SCRATCH_ATTENTION = "forward"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Plan:
     vocoder_minutes: float = 0.0  # the neural vocoder's training after the final model; 0: none
     vocoder_steps_per_second: float = 0.0  # the vocoder's rate the plan assumes
     warm_start: str = ""  # every model's train.warm_start (a base voice's name); "": random
+    attention: str = ""  # every model's model.attention; "": the config's own
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
@@ -112,6 +116,7 @@ class Plan:
             vocoder_minutes=float(facts.get("vocoder_minutes", 0.0)),  # older auto.json: none
             vocoder_steps_per_second=float(facts.get("vocoder_steps_per_second", 0.0)),
             warm_start=str(facts.get("warm_start", "")),  # older auto.json: from scratch
+            attention=str(facts.get("attention", "")),  # older auto.json: the config's
         )
 
 
@@ -153,6 +158,19 @@ def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
     return voice.name, (
         f"start: the base voice {voice.name} ({voice.summary}); fine-tuning it is far faster "
         "than training from random weights (--from-scratch opts out)"
+    )
+
+
+def choose_attention(config: Config, start: str, chosen_by_user: bool) -> tuple[str, str]:
+    """The attention of every model (a value of model.attention; "": the config's) and why:
+    SCRATCH_ATTENTION from random weights, unless the user chose one (--config or --set)."""
+    if chosen_by_user:
+        return "", f"attention: {config.model.attention} (your config)"
+    if start:
+        return "", f"attention: {config.model.attention} (that of {start}'s weights)"
+    return SCRATCH_ATTENTION, (
+        f"attention: {SCRATCH_ATTENTION} (from random weights it speaks sooner than "
+        f"{config.model.attention}: bench/time_to_voice.py)"
     )
 
 
