@@ -1,7 +1,7 @@
 """OpenAI's own Python client against `tacotune serve` on loopback: an app written for
 OpenAI's speech API works by changing only `base_url` (issue 19).
 
-The voice is test_serve.py's tiny untrained one: audio of a known rate and length in
+The voice is tests/serving.py's tiny untrained one: audio of a known rate and length in
 milliseconds, so every call below is fast.
 """
 
@@ -21,8 +21,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from test_serve import RATE, TWO_PIECES, serving, tiny_voice
 from test_synthesize import untrained_payload
+
+from serving import RATE, TWO_PIECES, serving, tiny_voice
 
 TEXT = "Привет."
 # Hz of each format's audio: OpenAI's pcm is 24 kHz, Opus takes 24 kHz; the rest is native

@@ -27,8 +27,9 @@ import torch
 
 from tacotune.serve.voices import Voice
 from tacotune.synthesize import Synthesizer
-from test_serve import SENTENCE, one_torch_thread, running, serving, speech, tiny_voice  # noqa: F401
 from test_synthesize import untrained_payload
+
+from serving import SENTENCE, one_torch_thread, running, serving, speech, tiny_voice  # noqa: F401
 
 TIMEOUT = 2.0  # the servers' per-request limit, seconds
 SMALL_BUFFER = 8192  # kernel bytes per socket: a first piece fills them and the rest waits

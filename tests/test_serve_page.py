@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from tacotune.synthesize import Synthesizer, split_text
-from test_serve import one_torch_thread, serving, tiny_voice  # noqa: F401 (autouse)
 from test_synthesize import untrained_payload
+
+from serving import one_torch_thread, serving, tiny_voice  # noqa: F401 (autouse)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
