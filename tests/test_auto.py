@@ -343,6 +343,38 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
     assert job.config().model.attention == "forward"
 
 
+@pytest.mark.parametrize(
+    ("from_scratch", "overrides", "attention"),
+    [
+        (True, (), "forward"),  # random weights: the attention that speaks sooner
+        (False, (), ""),  # the base voice fixes its own
+        (True, ("model.attention = location",), ""),  # the user chose: theirs wins
+    ],
+)
+def test_the_plan_stage_records_the_attention_every_model_trains(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    from_scratch: bool,
+    overrides: tuple[str, ...],
+    attention: str,
+) -> None:
+    from tacotune.auto import pipeline, plan
+
+    cpu = plan.Hardware(cpu_cores=2, native_bf16=False, gpu=None, gpu_memory_gib=0.0)
+    monkeypatch.setattr(plan, "detect_hardware", lambda: cpu)
+    monkeypatch.setattr(plan, "run_rate", lambda config, prepared, reasons: 2.0)
+    state = auto.AutoState(tmp_path / "auto.json", 600.0)
+    state.stages["prepare"] = {"rows": 10, "kept": 10, "excluded": 0, "hours": 0.1}
+    base = load_config(None, list(overrides))
+    job = auto.AutoJob(tmp_path, "voice", state, base, False, overrides, from_scratch)
+    facts: dict[str, Any] = {}
+    pipeline._plan(job, facts)
+    assert facts["attention"] == attention
+    state.stages["plan"] = facts
+    assert job.config().model.attention == (attention or base.model.attention)
+    assert any(reason.startswith("attention: ") for reason in facts["reasons"])
+
+
 # --- refused before any work: arguments and a damaged auto.json -------------------------------
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from tacotune.auto.inputs import check_arguments
 from tacotune.auto.job import AutoJob, AutoState
 from tacotune.auto.plan import Plan
-from tacotune.config.load import load_config
+from tacotune.config.load import load_config, parse_overrides
 from tacotune.config.schema import Config
 from tacotune.errors import TacotuneError
 from tacotune.files import write_text_atomic
@@ -152,7 +152,7 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         reasons.append(f"model: {why}")
     start, why = choose_start(config, job.from_scratch)
     reasons.append(why)
-    chosen = job.explicit or any(o.startswith("model.attention=") for o in job.overrides)
+    chosen = job.explicit or "attention" in parse_overrides(job.overrides).get("model", {})
     attention, why = choose_attention(config, start, chosen)
     reasons.append(why)
     if attention:
