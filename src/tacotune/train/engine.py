@@ -67,13 +67,11 @@ from tacotune.supervision.guard import DivergenceGuard, Limits, TrainingDiverged
 from tacotune.supervision.report import write_run_report
 from tacotune.train.inputs import Position
 from tacotune.train.ranks import agree, agree_on_interrupt, barrier, mean_over_ranks_on_device
-from tacotune.train.readout import Readout, StepRecord
+from tacotune.train.readout import Readout, StepRecord, report_bad_step
 from tacotune.train.records import TrainState, rollback_checkpoint, write_checkpoints
 from tacotune.train.setup import Environment, process_rank
 
 log = logging.getLogger(__name__)
-
-LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
 
 
 @dataclass(frozen=True)
@@ -464,7 +462,7 @@ def _read_steps(session: RunSession, records: list[StepRecord]) -> dict[str, flo
                 reason += f" (step {record.step}, read at step {state.step})"
             session.debug(reason, record.grad_norm)
         if verdict.bad:
-            _report_bad_step(session, record, verdict.reason)
+            report_bad_step(run_log, guard, session.limits.label, record, verdict.reason)
         if verdict.roll_back:
             rollback = session.roll_back(verdict.reason)
             run_log.event(state.step, Event.ROLLBACK, **rollback)
@@ -474,27 +472,6 @@ def _read_steps(session: RunSession, records: list[StepRecord]) -> dict[str, flo
             run_log.scalars(record.step, record.scalars)
         scalars = record.scalars
     return scalars
-
-
-def _report_bad_step(session: RunSession, record: StepRecord, reason: str) -> None:
-    guard = session.guard
-    session.run_log.event(
-        record.step,
-        Event.STEP_SKIPPED,
-        reason=reason,
-        loss=record.loss,
-        grad_norm=record.grad_norm,
-        consecutive=guard.consecutive_bad,
-        total=guard.bad_steps,
-    )
-    if guard.bad_steps <= LOGGED_BAD_STEPS or guard.bad_steps % 100 == 0:
-        log.warning(
-            "%s step %d skipped (%s); %d bad steps so far",
-            session.limits.label,
-            record.step,
-            reason,
-            guard.bad_steps,
-        )
 
 
 def _due(step: int, every: int) -> bool:

@@ -14,6 +14,7 @@ the skipped ones.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tacotune.supervision.guard import Limits
+from tacotune.names import Event
+from tacotune.runlog import RunLog
+from tacotune.supervision.guard import DivergenceGuard, Limits
+
+log = logging.getLogger(__name__)
+
+LOGGED_BAD_STEPS = 5  # bad steps logged one by one; after that every 100th (all are in events)
 
 
 def poison_non_finite(total: Tensor) -> Tensor:
@@ -133,3 +140,27 @@ class Readout:
             )
         self.pending = []
         return records
+
+
+def report_bad_step(
+    run_log: RunLog, guard: DivergenceGuard, label: str, record: StepRecord, reason: str
+) -> None:
+    """Record a step the guard judged bad (its update was skipped): an event always, a log
+    line for the first LOGGED_BAD_STEPS and every 100th after them. `label`: the model's."""
+    run_log.event(
+        record.step,
+        Event.STEP_SKIPPED,
+        reason=reason,
+        loss=record.loss,
+        grad_norm=record.grad_norm,
+        consecutive=guard.consecutive_bad,
+        total=guard.bad_steps,
+    )
+    if guard.bad_steps <= LOGGED_BAD_STEPS or guard.bad_steps % 100 == 0:
+        log.warning(
+            "%s step %d skipped (%s); %d bad steps so far",
+            label,
+            record.step,
+            reason,
+            guard.bad_steps,
+        )
