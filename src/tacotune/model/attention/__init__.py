@@ -7,7 +7,7 @@ export (export/graphs.py) carries it through the decoder-step graph by the names
 ONNX runtime starts every carried tensor at zero).
 
 Adding one: a new file here with an `Attention` subclass, its line in `ATTENTIONS`, and
-its name in `ModelConfig.attention` (tests/test_model.py checks the two lists agree).
+its name in `ModelConfig.attention` (tests/test_attention.py checks the two lists agree).
 
     location  location-sensitive attention (Chorowski et al. 2015), as in Tacotron2
     forward   forward attention with a transition agent (Zhang et al. 2018) on top of it

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tacotune.model.attention.base import AttentionDims, AttentionStep
+from tacotune.model.attention.base import AttentionDims
 from tacotune.model.attention.location import LocationSensitiveAttention
 from tacotune.model.layers import LinearNorm
 
@@ -39,26 +39,14 @@ class ForwardAttention(LocationSensitiveAttention):
         self.transition = LinearNorm(dims.query_dim, 1, gain="sigmoid")  # the agent: u_t
         torch.nn.init.zeros_(self.transition.bias)  # u = 0.5 for a zero query
 
-    def forward(
-        self,
-        query: Tensor,
-        memory: Tensor,
-        processed_memory: Tensor,
-        mask: Tensor,
-        state: tuple[Tensor, ...],
-        derived: Tensor | None,
-    ) -> AttentionStep:
-        alpha, cumulative = state
-        assert derived is not None  # the folded location kernel from `step_weights`
-        energies = self.energies(query, processed_memory, mask, alpha, cumulative, derived)
+    def attend(self, energies: Tensor, query: Tensor, previous: Tensor, mask: Tensor) -> Tensor:
+        """(B, N) energies -> (B, N) forward variables a_t, from a_{t-1} = `previous`."""
         attend = torch.softmax(energies.float(), dim=1)  # (B, N)
-        alpha = alpha.float()
+        alpha = previous.float()
         # a zero alpha (before the first step) is a_0: everything on the first character
         start = ((~mask).long().cumsum(dim=1) == 1) & ~mask  # (B, N): the first character
         alpha = alpha + start * (1 - alpha.sum(dim=1, keepdim=True)).clamp(min=0)
         moved = F.pad(alpha[:, :-1], (1, 0))  # (B, N): shifted one character on
         u = torch.sigmoid(self.transition(query).float())  # (B, 1)
         alpha = ((1 - u) * alpha + u * moved + FLOOR) * attend
-        alpha = alpha / alpha.sum(dim=1, keepdim=True)
-        context = torch.bmm(alpha.unsqueeze(1).to(memory.dtype), memory).squeeze(1)
-        return AttentionStep(context, alpha, (alpha, cumulative + alpha))
+        return alpha / alpha.sum(dim=1, keepdim=True)

@@ -83,6 +83,11 @@ class LocationSensitiveAttention(Attention):
         previous, cumulative = state
         assert derived is not None  # the folded location kernel from `step_weights`
         energies = self.energies(query, processed_memory, mask, previous, cumulative, derived)
-        weights = torch.softmax(energies, dim=1)
-        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # (B, memory_dim)
+        weights = self.attend(energies, query, previous, mask)
+        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # (B, M)
         return AttentionStep(context, weights, (weights, cumulative + weights))
+
+    def attend(self, energies: Tensor, query: Tensor, previous: Tensor, mask: Tensor) -> Tensor:
+        """(B, N) masked energies -> (B, N) weights: their softmax. A subclass may also use
+        the query, the previous step's (B, N) weights and the (B, N) padding mask."""
+        return torch.softmax(energies, dim=1)
