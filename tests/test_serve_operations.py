@@ -25,9 +25,10 @@ from tacotune.checkpoint import save_checkpoint
 from tacotune.cli import main
 from tacotune.errors import ConfigError
 from tacotune.serve import server as server_module
+from tacotune.serve import voices as voices_module
 from tacotune.serve.server import run_server, server_for
 from tacotune.serve.settings import ServerSettings
-from tacotune.serve.voices import Voice
+from tacotune.serve.voices import ServeError, Voice
 from tacotune.synthesize import Synthesizer
 from test_synthesize import untrained_payload
 
@@ -55,6 +56,14 @@ def test_each_voice_is_warmed_up_before_the_server_answers(
 ) -> None:
     caplog.set_level(logging.INFO, logger="tacotune.serve")
     engine = BatchRecorder(Synthesizer(payload), hold_from=99)  # records, holds nothing
+    threads: list[str] = []  # where each decode ran: warm-up and request on one thread
+    record = engine.decode
+
+    def decode(chunks: list[tuple[str, tuple[int, ...]]]) -> Any:
+        threads.append(threading.current_thread().name)
+        return record(chunks)
+
+    engine.decode = decode  # type: ignore[method-assign]
     servers: list[uvicorn.Server] = []
 
     def keep(voices: list[Voice], settings: ServerSettings) -> uvicorn.Server:
@@ -70,6 +79,10 @@ def test_each_voice_is_warmed_up_before_the_server_answers(
     try:
         health = httpx.get(f"http://127.0.0.1:{settings.port}/health", timeout=30)
         decoded_before_ready = list(engine.batches)  # before any request asked for speech
+        vocoded_before_ready = engine.vocoder.calls
+        spoken = httpx.post(
+            f"http://127.0.0.1:{settings.port}/v1/audio/speech", json=speech(SENTENCE), timeout=60
+        )
     finally:
         while not servers:
             time.sleep(0.01)
@@ -77,10 +90,28 @@ def test_each_voice_is_warmed_up_before_the_server_answers(
         thread.join(20)
         sock.close()
     assert health.status_code == 200
-    assert len(decoded_before_ready) == 1 and engine.vocoder.calls == 1  # frontend to vocoder
+    assert len(decoded_before_ready) == 1 and vocoded_before_ready == 1  # frontend to vocoder
+    assert spoken.status_code == 200 and len(threads) == 2
+    assert threads[0] == threads[1] and threads[0].startswith("tacotune-synth")
     messages = [r.getMessage() for r in caplog.records if r.name == "tacotune.serve"]
     warmed = next(i for i, m in enumerate(messages) if m.startswith("voice 'tiny' warmed up in"))
     assert warmed < next(i for i, m in enumerate(messages) if m.startswith("serving tiny on"))
+
+
+def test_serve_loads_its_voices_on_the_synthesis_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Torch slows 2-3x on a thread after another thread ran parallel ops (serve/runner.py):
+    the voices load where they will be served."""
+    loaded_on: list[str] = []
+
+    def load_voices(specs: list[str], registry: object, device: str = "cpu") -> list[Voice]:
+        loaded_on.append(threading.current_thread().name)
+        raise ServeError("no voice here (the test stops the server before it starts)")
+
+    monkeypatch.setattr(voices_module, "load_voices", load_voices)
+    assert main(["serve", "anna", "--port", "0", "--registry", str(tmp_path)]) == 1
+    assert len(loaded_on) == 1 and loaded_on[0].startswith("tacotune-synth")
 
 
 def test_every_error_is_logged_with_its_reason(

@@ -211,6 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from tacotune.registry import Registry
+    from tacotune.serve.runner import on_synthesis_thread
     from tacotune.serve.server import bind, run_server
     from tacotune.serve.settings import ServerSettings, api_key_from_env
     from tacotune.serve.voices import load_voices
@@ -230,7 +231,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        return run_server(load_voices(args.voices, Registry(args.registry)), settings, sockets)
+        # torch runs on the synthesis thread only, loading included (serve/runner.py: why)
+        voices = on_synthesis_thread(load_voices, args.voices, Registry(args.registry))
+        return run_server(voices, settings, sockets)
     finally:
         for sock in sockets:
             sock.close()

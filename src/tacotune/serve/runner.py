@@ -9,6 +9,14 @@ Why one thread and not a pool:
   thread no two calls ever overlap, whatever the engine.
 - Speed. torch already spreads one call over the cores (intra-op threads); two calls at
   once on the same cores contend, so each gets slower and throughput does not rise.
+- One thread for ALL of a serving process's torch work, loading and warm-up included
+  (`on_synthesis_thread`). Once a thread has run parallel torch operations (OpenMP), torch
+  on any other thread of the process runs 2-3x slower from then on: measured on 2 cores
+  (torch 2.13 CPU, demo voice), decoding one sentence took 0.05 s and vocoding it 0.18 s
+  on the thread that had loaded the voice, 0.14-0.18 s and 0.29-0.33 s on a second thread
+  after one parallel op on the first; `OMP_WAIT_POLICY=passive` made both threads slow.
+  So the process's one synthesis thread loads the voices, warms them up and serves every
+  request; the event loop never runs torch.
 - Fairness. A request hands the thread one piece (sentence) at a time and the thread runs
   work first come, first served, so the pieces of concurrent requests interleave: a short
   request waits for one piece of each request ahead of it, not for their whole texts.
@@ -167,8 +175,19 @@ class RenderedPiece:
         return len(self.samples) / self.sample_rate
 
 
+# The process's synthesis thread (see the module docstring); it starts at its first task.
+_SYNTHESIS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tacotune-synth")
+
+
+def on_synthesis_thread(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run `function` on the process's synthesis thread and return its result (or raise
+    its error) here: how a server loads and warms up its voices."""
+    return _SYNTHESIS_THREAD.submit(function, *args, **kwargs).result()
+
+
 class SynthesisRunner:
-    """The synthesis thread and its admission count (used from the event loop only)."""
+    """A server's use of the synthesis thread, and its admission count (used from the event
+    loop only)."""
 
     def __init__(
         self, max_queue: int, engines: Iterable[SpeechEngine] = (), max_batch: int = MAX_BATCH
@@ -176,7 +195,7 @@ class SynthesisRunner:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.admitted = 0  # requests holding a slot; the event loop is the only writer
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tacotune-synth")
+        self._executor = _SYNTHESIS_THREAD  # shared by every server of the process
         self._tasks: set[threading.Event] = set()  # the cancel events of unfinished tasks
         self._waiting: list[_Job] = []  # pieces not yet taken by the thread, oldest first
         self._lock = threading.Lock()  # guards _waiting (the loop adds, the thread takes)
@@ -246,11 +265,14 @@ class SynthesisRunner:
         _render_batch(batch, id(voice.engine) in self._hooked)
 
     def close(self) -> None:
-        """Cancel every task (the running one stops at its next check), stop the thread."""
+        """Cancel every task of this server (the running one stops at its next check; those
+        not started end at their first) and wait until the thread has ended them all."""
         for cancel in self._tasks:
             cancel.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        for job in self._waiting:  # left by the thread: their requests must not wait forever
+        with self._lock:
+            left = list(self._waiting)
+        self._executor.submit(lambda: None).result()  # first come, first served: after them
+        for job in left:  # dropped by the thread: their requests must not wait forever
             job.done.cancel()  # as a cancelled thread task's (run_in_executor's) would be
 
     async def _run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

@@ -2,11 +2,11 @@
 
 The listening sockets are bound here first (`bind`), so that a port in use or a host that
 is not this machine's is one line and exit status 1, before any voice is loaded. Then each
-voice speaks a short sentence (runner.warm_up, logged with its time) before the server
-answers anything, so that the first request costs what later ones do. uvicorn
-handles SIGTERM and Ctrl-C: it stops accepting connections, lets the requests in flight
-finish (each within its per-request limit: lifetime.py), then the app's lifespan cancels
-what is left on the synthesis thread and stops it.
+voice speaks a short sentence (runner.warm_up, on the synthesis thread, logged with its
+time) before the server answers anything, so that the first request costs what later ones
+do. uvicorn handles SIGTERM and Ctrl-C: it stops accepting connections, lets the requests
+in flight finish (each within its per-request limit: lifetime.py), then the app's lifespan
+cancels what is left of them on the synthesis thread and waits until it has ended.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uvicorn
 
 from tacotune.serve.app import create_app
 from tacotune.serve.connections import guarded_protocol
-from tacotune.serve.runner import warm_up
+from tacotune.serve.runner import on_synthesis_thread, warm_up
 from tacotune.serve.settings import API_KEY_ENV, ServerSettings
 from tacotune.serve.voices import ServeError, Voice
 
@@ -128,7 +128,8 @@ def run_server(
         )
     sockets = sockets if sockets is not None else bind(settings)
     for voice in voices:  # before the server answers: the first request is as fast as the rest
-        log.info("voice %r warmed up in %.1f s", voice.name, warm_up(voice))
+        seconds = on_synthesis_thread(warm_up, voice)  # where its requests will run
+        log.info("voice %r warmed up in %.1f s", voice.name, seconds)
     port = sockets[0].getsockname()[1]
     names = ", ".join(voice.name for voice in voices)
     log.info("serving %s on http://%s:%d/", names, _url_host(settings.host), port)
