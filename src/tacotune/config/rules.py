@@ -174,7 +174,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "audio.win_length": (1, 16384),  # <= n_fft
     "audio.hop_length": (1, 16384),  # <= win_length
     "audio.n_mels": (1, 512),  # vocoders use 80 or 128
-    "audio.griffin_lim_iters": (1, 1000),  # 60 sound as good as it gets; each costs 2 STFTs
+    "audio.griffin_lim_iters": (1, 1000),  # quality flat beyond ~32; each costs 2 STFTs
     "model.embedding_dim": (1, MAX_DIM),
     "model.encoder_dim": (2, MAX_DIM),
     "model.attention_rnn_dim": (1, MAX_DIM),

@@ -26,8 +26,8 @@ class AudioConfig:
     fmax: float = 8000.0  # highest mel frequency, Hz
     trim_silence: bool = True  # cut leading/trailing silence before computing mels
     trim_top_db: float = 40.0  # trim: frames quieter than peak minus this many dB are silence
-    griffin_lim_iters: int = 60  # Griffin-Lim iterations when turning mels back into audio
-    griffin_lim_power: float = 1.5  # magnitude exponent before Griffin-Lim (sharpens harmonics)
+    griffin_lim_iters: int = 32  # Griffin-Lim iterations (mel -> audio); bench/griffin_lim.py
+    griffin_lim_power: float = 1.2  # magnitude exponent before Griffin-Lim (sharpens harmonics)
 
 
 @dataclass(frozen=True)
