@@ -1,6 +1,6 @@
 """Griffin-Lim iterations: what each costs and what it buys, on real recordings.
 
-    python bench/griffin_lim.py [--iters 16 24 32 48 60 100] [--powers 1.5] [--clips 40]
+    python bench/griffin_lim.py [--iters 16 24 32 48 60 100] [--powers 1.2] [--clips 40]
                                 [--threads 2] [--checkpoint RUN_OR_CHECKPOINT]
 
 For each iteration count and magnitude power (`audio.griffin_lim_power`),
@@ -74,7 +74,7 @@ def predicted(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, nargs="+", default=[16, 24, 32, 48, 60, 100])
-    parser.add_argument("--powers", type=float, nargs="+", default=[1.5])
+    parser.add_argument("--powers", type=float, nargs="+", default=[1.2])
     parser.add_argument("--clips", type=int, default=40, help="utterances")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", help="render this model's teacher-forced mels")
