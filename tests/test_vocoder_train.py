@@ -280,6 +280,21 @@ def test_teacher_forcing_refuses_a_model_of_other_mels(prepared: Path, tmp_path:
         teacher_forced_mels(vocoder, data, tmp_path / "cache", CPU)
 
 
+def test_teacher_forcing_accepts_a_model_that_listens_differently(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """Griffin-Lim's settings do not change the mels: a model trained before their defaults
+    changed makes teacher-forced mels for a dataset prepared after."""
+    data = load_prepared(prepared)
+    older = tmp_path / "older.pt"
+    save_checkpoint(
+        older, untrained_payload("audio.griffin_lim_iters=60", "audio.griffin_lim_power=1.5")
+    )
+    assert data.config.audio.griffin_lim_iters != 60
+    mels = teacher_forced_mels(older, data, tmp_path / "cache", CPU)
+    assert all((mels.directory / f"{e.id}.npy").is_file() for e in data.entries)
+
+
 @pytest.mark.slow
 def test_fine_tuning_on_teacher_forced_mels_from_a_warm_start(
     prepared: Path, acoustic: Path, tmp_path: Path

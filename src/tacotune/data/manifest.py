@@ -66,9 +66,14 @@ class PreparedDataset:
         return [e for e in self.entries if e.split == name]
 
 
+def mel_settings(audio: AudioConfig) -> dict[str, object]:
+    """The AudioConfig fields that change the mels (not how they are listened to)."""
+    return {k: v for k, v in dataclasses.asdict(audio).items() if k not in _LISTENING_ONLY}
+
+
 def audio_config_hash(audio: AudioConfig) -> str:
     """12 hex digits identifying every setting that changes the mels."""
-    relevant = {k: v for k, v in dataclasses.asdict(audio).items() if k not in _LISTENING_ONLY}
+    relevant = mel_settings(audio)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

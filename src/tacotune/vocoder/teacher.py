@@ -29,7 +29,7 @@ from tacotune import progress
 from tacotune.checkpoint import best_in_run, checkpoint_config, load_checkpoint
 from tacotune.config.schema import AudioConfig
 from tacotune.data.dataset import Collate, TextMelDataset
-from tacotune.data.manifest import ManifestEntry, PreparedDataset
+from tacotune.data.manifest import ManifestEntry, PreparedDataset, mel_settings
 from tacotune.errors import CheckpointError
 from tacotune.files import atomic_writer, file_sha256, write_json_atomic
 from tacotune.model.tacotron2 import Tacotron2, pad_multiple
@@ -111,11 +111,10 @@ def _acoustic_model(payload: dict[str, Any], audio: AudioConfig, source: Path) -
             "--from-acoustic a checkpoint or run directory of `tacotune train`"
         )
     config = checkpoint_config(payload)
-    if config.audio != audio:
+    ours, theirs = mel_settings(config.audio), mel_settings(audio)
+    if ours != theirs:  # Griffin-Lim's settings may differ: they do not change the mels
         differing = [
-            f"audio.{k} {getattr(config.audio, k)} (dataset: {getattr(audio, k)})"
-            for k in audio.__dataclass_fields__
-            if getattr(config.audio, k) != getattr(audio, k)
+            f"audio.{k} {ours[k]} (dataset: {theirs[k]})" for k in ours if ours[k] != theirs[k]
         ]
         raise CheckpointError(
             f"{source} was trained on other mels than this prepared dataset holds: "
