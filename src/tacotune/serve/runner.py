@@ -186,8 +186,8 @@ def on_synthesis_thread(function: Callable[P, R], *args: P.args, **kwargs: P.kwa
 
 
 class SynthesisRunner:
-    """A server's use of the synthesis thread, and its admission count (used from the event
-    loop only)."""
+    """A server's use of the process's synthesis thread (shared by every server of the
+    process), and its admission count (used from the event loop only)."""
 
     def __init__(
         self, max_queue: int, engines: Iterable[SpeechEngine] = (), max_batch: int = MAX_BATCH
@@ -195,7 +195,6 @@ class SynthesisRunner:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.admitted = 0  # requests holding a slot; the event loop is the only writer
-        self._executor = _SYNTHESIS_THREAD  # shared by every server of the process
         self._tasks: set[threading.Event] = set()  # the cancel events of unfinished tasks
         self._waiting: list[_Job] = []  # pieces not yet taken by the thread, oldest first
         self._lock = threading.Lock()  # guards _waiting (the loop adds, the thread takes)
@@ -244,7 +243,9 @@ class SynthesisRunner:
             self._waiting.append(job)
         self._tasks.add(job.cancel)
         try:
-            self._executor.submit(self._take_batch)  # one turn per piece: first come, first served
+            _SYNTHESIS_THREAD.submit(
+                self._take_batch
+            )  # one turn per piece: first come, first served
             return await job.done
         except asyncio.CancelledError:
             job.cancel.set()
@@ -271,7 +272,7 @@ class SynthesisRunner:
             cancel.set()
         with self._lock:
             left = list(self._waiting)
-        self._executor.submit(lambda: None).result()  # first come, first served: after them
+        _SYNTHESIS_THREAD.submit(lambda: None).result()  # first come, first served: after them
         for job in left:  # dropped by the thread: their requests must not wait forever
             job.done.cancel()  # as a cancelled thread task's (run_in_executor's) would be
 
@@ -282,7 +283,7 @@ class SynthesisRunner:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._executor, _in_task, cancel, lambda: function(*args, **kwargs)
+                _SYNTHESIS_THREAD, _in_task, cancel, lambda: function(*args, **kwargs)
             )
         except asyncio.CancelledError:
             cancel.set()  # the caller is gone; a task already running stops at its next check
