@@ -11,7 +11,8 @@ recordings exactly as a neural vocoder is (tacotune.vocoder.evaluate.score: mel 
 wideband PESQ and STOI where installed), and timed (seconds of compute per second of audio,
 the median over the clips). With --checkpoint, Griffin-Lim renders instead what that
 model predicts for each clip, teacher-forced (postnet mel, time-aligned with the recording,
-so the same scores apply): what a trained voice gives the vocoder is smoother than a
+so the same scores apply; tacotune.vocoder.teacher makes them once, under
+runs/bench/teacher_mels/): what a trained voice gives the vocoder is smoother than a
 recording's mel, and the best power may differ. Griffin-Lim's cost is linear in its
 iterations (two STFTs each); the question is where its quality stops rising. Results: a
 table on stdout and runs/bench/griffin_lim.json (machine: its threads).
@@ -26,20 +27,18 @@ import time
 from typing import Any
 
 import torch
-from common import demo_prepared, report
-from torch import Tensor
+from common import OUT, demo_prepared, report
 
 from tacotune.audio import griffin_lim
 from tacotune.config import load_config
-from tacotune.data.dataset import Collate, TextMelDataset
-from tacotune.data.manifest import ManifestEntry, load_prepared
+from tacotune.config.schema import Config
+from tacotune.data.manifest import load_prepared
 from tacotune.data.segments import SegmentDataset
-from tacotune.model.tacotron2 import pad_multiple
-from tacotune.synthesize import Synthesizer
 from tacotune.vocoder.evaluate import GRIFFIN_LIM_SEED, Clip, score, validation_clips
+from tacotune.vocoder.teacher import teacher_forced_mels
 
 
-def row(iterations: int, power: float, clips: list[Clip], config: Any) -> dict[str, Any]:
+def row(iterations: int, power: float, clips: list[Clip], config: Config) -> dict[str, Any]:
     """Griffin-Lim at `iterations` and `power` on every clip: its metrics and compute per
     audio second."""
     audio = dataclasses.replace(config.audio, griffin_lim_iters=iterations, griffin_lim_power=power)
@@ -50,25 +49,6 @@ def row(iterations: int, power: float, clips: list[Clip], config: Any) -> dict[s
         rtfs.append((time.perf_counter() - started) / (len(clip.recording) / audio.sample_rate))
     metrics = score(rendered, clips, audio, "gl").metrics
     return {"iterations": iterations, "power": power, "rtf": statistics.median(rtfs), **metrics}
-
-
-@torch.no_grad()
-def predicted(
-    checkpoint: str, clips: list[Clip], entries: list[ManifestEntry], root: Any
-) -> list[Clip]:
-    """The clips with the model's teacher-forced postnet mel in place of the recorded one."""
-    model = Synthesizer(checkpoint).model
-    collate = Collate(pad_multiple(model.config))
-    texts = TextMelDataset(entries[: len(clips)], root)
-    mels: list[Tensor] = []
-    for index, clip in enumerate(clips):
-        batch = collate([texts[index]])
-        output = model(
-            batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
-            model.config.reduction_factor,
-        )  # fmt: skip
-        mels.append(output.mel_postnet[0, :, : clip.mel.shape[-1]])  # (n_mels, T)
-    return [dataclasses.replace(clip, mel=mel) for clip, mel in zip(clips, mels, strict=True)]
 
 
 def main() -> None:
@@ -83,10 +63,14 @@ def main() -> None:
     config = load_config("demo.yaml")
     prepared = load_prepared(demo_prepared())
     entries = [*prepared.split("val"), *prepared.split("train")]  # nothing here trains
-    dataset = SegmentDataset(entries, prepared.root, config.audio, None)
-    clips = validation_clips(dataset, args.clips, config.audio)
+    mel_dir = None  # the recordings' mels; with --checkpoint the model's, as a vocoder gets
     if args.checkpoint:
-        clips = predicted(args.checkpoint, clips, entries, prepared.root)
+        cpu = torch.device("cpu")
+        mel_dir = teacher_forced_mels(
+            args.checkpoint, prepared, OUT / "teacher_mels", cpu
+        ).directory
+    dataset = SegmentDataset(entries, prepared.root, config.audio, None, mel_dir=mel_dir)
+    clips = validation_clips(dataset, args.clips, config.audio)
     griffin_lim(clips[0].mel.float(), config.audio)  # the first call pays for set-up: untimed
     rows = [row(n, power, clips, config) for power in args.powers for n in args.iters]
     report("griffin_lim", rows)
