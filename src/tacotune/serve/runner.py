@@ -13,9 +13,9 @@ Why one thread and not a pool:
   (`on_synthesis_thread`). Once a thread has run parallel torch operations (OpenMP), torch
   on any other thread of the process runs 2-3x slower from then on: measured on 2 cores
   (torch 2.13 CPU, demo voice, Griffin-Lim at 60 iterations), decoding one sentence took
-  0.05 s and vocoding it 0.18 s
-  on the thread that had loaded the voice, 0.14-0.18 s and 0.29-0.33 s on a second thread
-  after one parallel op on the first; `OMP_WAIT_POLICY=passive` made both threads slow.
+  0.05 s and vocoding it 0.18 s on the thread that had loaded the voice, 0.14-0.18 s and
+  0.29-0.33 s on a second thread after one parallel op on the first;
+  `OMP_WAIT_POLICY=passive` made both threads slow.
   So the process's one synthesis thread loads the voices, warms them up and serves every
   request; the event loop never runs torch.
 - Fairness. A request hands the thread one piece (sentence) at a time and the thread runs
