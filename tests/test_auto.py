@@ -12,6 +12,7 @@ import pytest
 
 from tacotune.auto import pipeline as auto
 from tacotune.auto.inputs import check_arguments, read_state
+from tacotune.auto.plan import SCRATCH_RECIPE
 from tacotune.config import Config, load_config
 from tacotune.registry import Registry
 
@@ -339,28 +340,32 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
     state.stages["plan"] = {**facts, "warm_start": ""}
     assert job.config().train.warm_start == ""
     assert job.config().model.attention == "location"  # the preset's: the plan chose none
-    state.stages["plan"] = {**facts, "warm_start": "", "attention": "forward"}
+    state.stages["plan"] = {**facts, "warm_start": "", "attention": "forward"}  # older auto.json
     assert job.config().model.attention == "forward"
+    recipe = {"model.attention": "forward", "loss.mel_loss": "l1"}
+    state.stages["plan"] = {**facts, "warm_start": "", "recipe": recipe}
+    assert (job.config().model.attention, job.config().loss.mel_loss) == ("forward", "l1")
 
 
 @pytest.mark.parametrize(
-    ("from_scratch", "overrides", "attention"),
+    ("from_scratch", "overrides", "recipe"),
     [
-        (True, (), "forward"),  # random weights: the attention that speaks sooner
-        (False, (), ""),  # the base voice fixes its own
-        (True, ("model.attention = location",), ""),  # the user chose: theirs wins
+        (True, (), SCRATCH_RECIPE),  # random weights: the recipe that speaks sooner
+        (False, (), {}),  # the base voice keeps the settings it was trained with
+        (True, ("model.attention = location",), {"loss.mel_loss": "l1"}),  # the user's wins
+        (True, ("model.attention=location", "loss.mel_loss=mse"), {}),
     ],
 )
-def test_the_plan_stage_records_the_attention_every_model_trains(
+def test_the_plan_stage_records_the_recipe_every_model_trains(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     from_scratch: bool,
     overrides: tuple[str, ...],
-    attention: str,
+    recipe: dict[str, str],
 ) -> None:
     from tacotune.auto import pipeline, plan
 
-    cpu = plan.Hardware(cpu_cores=2, native_bf16=False, gpu=None, gpu_memory_gib=0.0)
+    cpu = plan.Hardware(cpu_cores=2, native_bf16=False, gpu="", gpu_memory_gib=0.0)
     monkeypatch.setattr(plan, "detect_hardware", lambda: cpu)
     monkeypatch.setattr(plan, "run_rate", lambda config, prepared, reasons: 2.0)
     state = auto.AutoState(tmp_path / "auto.json", 600.0)
@@ -369,10 +374,13 @@ def test_the_plan_stage_records_the_attention_every_model_trains(
     job = auto.AutoJob(tmp_path, "voice", state, base, False, overrides, from_scratch)
     facts: dict[str, Any] = {}
     pipeline._plan(job, facts)
-    assert facts["attention"] == attention
-    state.stages["plan"] = facts
-    assert job.config().model.attention == (attention or base.model.attention)
-    assert any(reason.startswith("attention: ") for reason in facts["reasons"])
+    assert facts["recipe"] == recipe
+    state.stages["plan"] = json.loads(json.dumps(facts))  # as auto.json keeps it
+    config = job.config()
+    expected: dict[str, str] = {"model.attention": base.model.attention}
+    expected |= {"loss.mel_loss": base.loss.mel_loss, **recipe}
+    assert (config.model.attention, config.loss.mel_loss) == tuple(expected.values())
+    assert any(reason.startswith("recipe") for reason in facts["reasons"])
 
 
 # --- refused before any work: arguments and a damaged auto.json -------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tacotune.auto.plan import SCRATCH_ATTENTION, choose_attention, choose_start
+from tacotune.auto.plan import SCRATCH_RECIPE, choose_recipe, choose_start
 from tacotune.checkpoint import checkpoint_config, load_checkpoint, warm_start_state
 from tacotune.cli import main
 from tacotune.config import load_config
@@ -161,18 +161,22 @@ def test_auto_starts_from_the_base_that_fits_unless_told_otherwise() -> None:
     assert choose_start(own, from_scratch=False)[0] == "runs/mine"
 
 
-def test_auto_trains_forward_attention_from_random_weights_only() -> None:
-    """The base voice's weights fix its attention; from random weights auto picks the one
-    that speaks sooner; a user's own choice always wins."""
+def test_auto_trains_the_scratch_recipe_from_random_weights_only() -> None:
+    """The base voice's weights were trained with the preset's settings and keep them; from
+    random weights auto trains the recipe that speaks sooner; a user's own choice wins."""
     demo = load_config("demo.yaml")
-    assert demo.model.attention != SCRATCH_ATTENTION  # otherwise the test shows nothing
-    assert choose_attention(demo, NAME, chosen_by_user=False) == (
-        "",
-        f"attention: location (that of {NAME}'s weights)",
+    assert demo.model.attention != SCRATCH_RECIPE["model.attention"]  # else nothing is shown
+    assert demo.loss.mel_loss != SCRATCH_RECIPE["loss.mel_loss"]
+    assert choose_recipe(demo, NAME, chosen_by_user=()) == (
+        {},
+        f"recipe: the config's, as {NAME}'s weights were trained with it",
     )
-    attention, why = choose_attention(demo, "", chosen_by_user=False)
-    assert attention == SCRATCH_ATTENTION and "from random weights" in why
-    assert choose_attention(demo, "", chosen_by_user=True) == (
-        "",
-        "attention: location (your config)",
-    )
+    recipe, why = choose_recipe(demo, "", chosen_by_user=())
+    assert recipe == SCRATCH_RECIPE
+    assert why.startswith("recipe from random weights: model.attention forward (not location)")
+    assert "speaks sooner" in why and "your config" not in why
+    recipe, why = choose_recipe(demo, "", chosen_by_user={"model.attention"})
+    assert recipe == {"loss.mel_loss": "l1"}
+    assert why.endswith("; your config's model.attention location")
+    recipe, why = choose_recipe(demo, "", chosen_by_user=set(SCRATCH_RECIPE))
+    assert recipe == {} and "speaks sooner" not in why

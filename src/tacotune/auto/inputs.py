@@ -38,7 +38,8 @@ FACTS: dict[str, Schema] = {
         "vocoder_minutes?": NUMBER,
         "vocoder_steps_per_second?": NUMBER,
         "warm_start?": (str,),
-        "attention?": (str,),
+        "attention?": (str,),  # older auto.json: the recipe's model.attention alone
+        "recipe?": (dict,),
     },
     AutoStage.TUNE: {
         "best_trial": (int, *NULL),

@@ -124,7 +124,7 @@ class AutoJob:
 
     def config(self) -> Config:
         """The config every stage after the plan uses: the chosen preset (or --config) with
-        the plan's start, attention and search and the job's MLflow store."""
+        the plan's start, recipe and search and the job's MLflow store."""
         plan = self.state.done(AutoStage.PLAN)
         config = self.base
         if plan is not None and not self.explicit:
@@ -132,7 +132,6 @@ class AutoJob:
         config = apply(config, {"tracking.mlflow_uri": self.mlflow_uri})
         if plan is None:
             return config
-        config = apply(config, {"train.warm_start": plan.get("warm_start", "")})
-        if plan.get("attention"):
-            config = apply(config, {"model.attention": plan["attention"]})
-        return planned_config(config, Plan.from_facts(plan))
+        planned = Plan.from_facts(plan)
+        config = apply(config, {"train.warm_start": planned.warm_start, **planned.recipe})
+        return planned_config(config, planned)

@@ -130,8 +130,9 @@ def _prepare(job: AutoJob, data_dir: Path, facts: dict[str, Any]) -> None:
 
 def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
     from tacotune.auto.plan import (
-        choose_attention,
+        SCRATCH_RECIPE,
         choose_preset,
+        choose_recipe,
         choose_start,
         detect_hardware,
         make_plan,
@@ -152,11 +153,13 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         reasons.append(f"model: {why}")
     start, why = choose_start(config, job.from_scratch)
     reasons.append(why)
-    chosen = job.explicit or "attention" in parse_overrides(job.overrides).get("model", {})
-    attention, why = choose_attention(config, start, chosen)
+    overrides = parse_overrides(job.overrides)
+    chosen = {f"{section}.{key}" for section, keys in overrides.items() for key in keys}
+    if job.explicit:
+        chosen = set(SCRATCH_RECIPE)
+    recipe, why = choose_recipe(config, start, chosen)
     reasons.append(why)
-    if attention:
-        config = apply(config, {"model.attention": attention})
+    config = apply(config, recipe)
     rate = run_rate(apply(config, {"train.warm_start": start}), job.out / "prepared", reasons)
     minutes = (job.state.left - RESERVE_SECONDS) / 60
     vocoder_rate = measure_vocoder_rate(config) if hardware.gpu else 0.0
@@ -168,7 +171,7 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         vocoder_minutes=vocoder_minutes,
         vocoder_steps_per_second=vocoder_rate,
         warm_start=start,
-        attention=attention,
+        recipe=recipe,
     )
     for reason in plan.reasons:
         log.info("auto plan: %s", reason)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 
 from tacotune.config.rules import validate
 from tacotune.config.schema import Config, SearchDimension
+from tacotune.tuning.space import current_value
 
 MIN_TRIAL_STEPS = 600  # steps before the voice metric tells settings apart (demo corpus)
 TRIAL_OVERHEAD_MINUTES = 0.5  # process start, data loading, evaluations of one trial
@@ -52,9 +53,12 @@ MIN_VOCODER_MINUTES = 10.0  # less is not worth the teacher-forced mels and eval
 # (README, "Neural vocoder"), this is that audio scaled to the paper's batch, with margin
 MIN_VOCODER_STEPS = 2000
 CPU_VOCODER_SECONDS_PER_STEP = 250.0  # one paper-batch step on 2 CPU cores (bench/vocoder.py)
-# from random weights: forward attention speaks sooner than location-sensitive attention
-# (bench/time_to_voice.py, README "Benchmarks"); a base voice fixes its own attention
-SCRATCH_ATTENTION = "forward"
+# from random weights these settings speak sooner than the presets' (bench/time_to_voice.py,
+# README "Benchmarks"); a base voice keeps those its weights were trained with
+SCRATCH_RECIPE: dict[str, str] = {
+    "model.attention": "forward",  # voice metric <= 0.6 at step 1,200 against location's 1,400
+    "loss.mel_loss": "l1",  # with forward attention: <= 0.6 at step 1,000 (two seeds), MSE 1,200
+}
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ class Plan:
     vocoder_minutes: float = 0.0  # the neural vocoder's training after the final model; 0: none
     vocoder_steps_per_second: float = 0.0  # the vocoder's rate the plan assumes
     warm_start: str = ""  # every model's train.warm_start (a base voice's name); "": random
-    attention: str = ""  # every model's model.attention; "": the config's own
+    # settings every model trains with on top of the config ("section.key": value)
+    recipe: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
@@ -116,8 +121,16 @@ class Plan:
             vocoder_minutes=float(facts.get("vocoder_minutes", 0.0)),  # older auto.json: none
             vocoder_steps_per_second=float(facts.get("vocoder_steps_per_second", 0.0)),
             warm_start=str(facts.get("warm_start", "")),  # older auto.json: from scratch
-            attention=str(facts.get("attention", "")),  # older auto.json: the config's
+            recipe=_recipe(facts),
         )
+
+
+def _recipe(facts: Mapping[str, Any]) -> dict[str, str]:
+    """The plan's recipe; an older auto.json recorded only the attention."""
+    if "recipe" in facts:
+        return {str(key): str(value) for key, value in facts["recipe"].items()}
+    attention = str(facts.get("attention", ""))
+    return {"model.attention": attention} if attention else {}
 
 
 def choose_preset(hardware: Hardware, hours: float) -> tuple[str, str]:
@@ -161,17 +174,23 @@ def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
     )
 
 
-def choose_attention(config: Config, start: str, chosen_by_user: bool) -> tuple[str, str]:
-    """The attention of every model (a value of model.attention; "": the config's) and why:
-    SCRATCH_ATTENTION from random weights, unless the user chose one (--config or --set)."""
-    if chosen_by_user:
-        return "", f"attention: {config.model.attention} (your config)"
+def choose_recipe(
+    config: Config, start: str, chosen_by_user: Collection[str]
+) -> tuple[dict[str, str], str]:
+    """The settings every model trains with on top of `config` and why: SCRATCH_RECIPE from
+    random weights, less the keys the user chose (--config or --set); nothing for a base
+    voice, whose weights were trained with the config's own."""
     if start:
-        return "", f"attention: {config.model.attention} (that of {start}'s weights)"
-    return SCRATCH_ATTENTION, (
-        f"attention: {SCRATCH_ATTENTION} (from random weights it speaks sooner than "
-        f"{config.model.attention}: bench/time_to_voice.py)"
-    )
+        return {}, f"recipe: the config's, as {start}'s weights were trained with it"
+    recipe = {key: value for key, value in SCRATCH_RECIPE.items() if key not in chosen_by_user}
+    parts = [f"{key} {value} (not {current_value(config, key)})" for key, value in recipe.items()]
+    why = "recipe from random weights: " + (", ".join(parts) or "the config's")
+    if recipe:
+        why += ", as it speaks sooner (bench/time_to_voice.py)"
+    kept = [key for key in SCRATCH_RECIPE if key in chosen_by_user]
+    if kept:
+        why += "; your config's " + ", ".join(f"{key} {current_value(config, key)}" for key in kept)
+    return recipe, why
 
 
 def plan_vocoder(hardware: Hardware, minutes: float, rate: float) -> tuple[float, str]:
