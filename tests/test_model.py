@@ -231,3 +231,20 @@ def test_stopping_rules_are_per_item_and_say_which_fired() -> None:
     assert stopping.by_gate.tolist() == [True, False, False]
     assert stopping.at_end.tolist() == [False, True, False]
     assert stopping.steps.tolist() == [2, 3, 3]
+
+
+@pytest.mark.parametrize("ddc", [False, True])
+def test_start_at_makes_a_fresh_model_predict_the_given_mean_log_mel(ddc: bool) -> None:
+    """Before any training every decoder's frames sit at the mean: (B, n_mels, T) averaged
+    over batch and time is the (n_mels,) mean given, not the ~0 of a fresh projection."""
+    cfg = tiny(f"model.ddc={str(ddc).lower()}", "model.reduction_factor=2")
+    b = batch([9, 6], [20, 14], pad_multiple(cfg.model))
+    mean = -5.0 + torch.linspace(-2.0, 2.0, N_MELS)  # (n_mels,), a log-mel's typical level
+    model = Tacotron2(cfg.model, len(SYMBOLS), N_MELS)
+    model.start_at(mean)
+    out = model(b.text, b.text_lengths, b.mel, b.mel_lengths, 2)
+    decoders = [out.mel] + ([out.coarse.mel] if out.coarse is not None else [])
+    assert len(decoders) == (2 if ddc else 1)
+    for mel in decoders:
+        per_channel = mel.mean(dim=(0, 2))  # (B, n_mels, T) -> (n_mels,)
+        assert (per_channel - mean).abs().max() < 0.5  # fresh: off by the whole mean, ~5

@@ -15,6 +15,8 @@ import torch
 
 from tacotune.checkpoint import load_checkpoint, save_checkpoint
 from tacotune.config import load_config
+from tacotune.data.dataset import TextMelDataset, mean_log_mel
+from tacotune.data.manifest import load_prepared
 from tacotune.errors import CheckpointError, ConfigError
 from tacotune.files import OutputError
 from tacotune.names import RunStatus
@@ -212,6 +214,25 @@ def test_warm_start_skips_layers_whose_shape_differs(prepared: Path, tmp_path: P
         atol=1e-9,
     )
     assert not torch.allclose(warm["encoder.embedding.weight"][:5], embedding[:5])
+    # the mean log-mel start is for random weights: the source's projection is kept
+    bias = "decoder.projection.bias"
+    assert torch.allclose(warm[bias], payload["model"][bias], atol=1e-9)
+
+
+@pytest.mark.parametrize("mel_mean_init", [True, False])
+def test_a_run_from_random_weights_starts_at_the_mean_log_mel(
+    prepared: Path, tmp_path: Path, mel_mean_init: bool
+) -> None:
+    """train.mel_mean_init: the decoder's first frames are the training mels' mean, not ~0."""
+    frozen = ["train.max_steps=1", "train.learning_rate=1e-12", "train.min_learning_rate=1e-12"]
+    config = tiny_train(*frozen, f"train.mel_mean_init={str(mel_mean_init).lower()}")
+    train(config, prepared, tmp_path / "run")
+    data = load_prepared(prepared)
+    mean = mean_log_mel(TextMelDataset(data.split("train"), data.root))  # (n_mels,)
+    assert mean.mean() < -1.0  # far from a fresh projection's ~0, or the test shows nothing
+    bias = _weights(tmp_path / "run")["decoder.projection.bias"].view(-1, mean.numel())
+    assert torch.allclose(bias, mean.expand_as(bias), atol=1e-5) is mel_mean_init
+    assert (bias.abs().max() < 1.0) is not mel_mean_init  # off: PyTorch's own small init
 
 
 def test_training_refuses_a_dataset_prepared_with_other_audio(

@@ -112,6 +112,16 @@ class TextMelDataset(Dataset[Item]):
         return Item(entry.id, torch.tensor(self.texts[index]), torch.from_numpy(mel))
 
 
+def mean_log_mel(dataset: TextMelDataset) -> Tensor:
+    """The (n_mels,) mean log-mel over every frame of `dataset` (float64 sums)."""
+    total: Tensor | None = None
+    for index in range(len(dataset)):
+        frames = dataset[index].mel.double().sum(dim=1)  # (n_mels, T) -> (n_mels,)
+        total = frames if total is None else total + frames
+    assert total is not None  # a TextMelDataset is never empty
+    return (total / sum(dataset.frames)).float()
+
+
 class Collate:
     """Pads a list of Items into a Batch (a class so DataLoader workers can pickle it)."""
 

@@ -429,6 +429,13 @@ class Decoder(nn.Module):
             dec_h = dec_h * keep[1] / (1 - d.decoder_dropout)
         return (att_h, att_c, dec_h, dec_c, context, *attended.state), attended.weights
 
+    @torch.no_grad()
+    def start_at(self, mean_log_mel: Tensor) -> None:
+        """Set the projection's bias so that every frame starts at `mean_log_mel` (n_mels,)
+        instead of 0: a model from random weights then need not learn that offset first."""
+        r_max = self.projection.out_features // self.dims.n_mels
+        self.projection.bias.copy_(mean_log_mel.to(self.projection.bias).repeat(r_max))
+
     def _frames(self, projected: Tensor, r: int) -> Tensor:
         """(B, S, n_mels * r_max) -> (B, n_mels, S * r)"""
         batch, steps, _ = projected.shape

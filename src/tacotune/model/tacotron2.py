@@ -171,6 +171,12 @@ class Tacotron2(nn.Module):
         hold = math.ceil(c.end_hold_frames / r) if c.end_hold_frames > 0 else 0
         return Stopping(mask, max_steps, c.gate_threshold, hold)
 
+    def start_at(self, mean_log_mel: Tensor) -> None:
+        """Every decoder's frames start at the (n_mels,) mean log-mel (train.mel_mean_init)."""
+        self.decoder.start_at(mean_log_mel)
+        if self.config.ddc:
+            self.coarse_decoder.start_at(mean_log_mel)
+
     def postnet_mel(self, mel: Tensor) -> Tensor:
         """Decoder mel + the postnet's residual: (B, n_mels, T) -> (B, n_mels, T)"""
         return mel + self.postnet(mel)

@@ -22,7 +22,7 @@ from tacotune.checkpoint import (
     warm_start_state,
 )
 from tacotune.config.schema import Config
-from tacotune.data.dataset import Batch
+from tacotune.data.dataset import Batch, mean_log_mel
 from tacotune.data.manifest import load_prepared
 from tacotune.losses import LossTerms, tacotron2_loss
 from tacotune.model.tacotron2 import Tacotron2, Tacotron2Output, reduction_factor_at
@@ -258,6 +258,10 @@ def open_session(
     )
     # 3. model, optimizer, schedule (scaled by the guard after rollbacks), scaler, supervision
     model = Tacotron2(config.model, len(SYMBOLS), config.audio.n_mels).to(env.device)
+    if checkpoint is None and start is None and config.train.mel_mean_init:
+        mean = mean_log_mel(data.train_set)  # (n_mels,); before DDP copies the weights
+        model.start_at(mean)
+        log.info("random weights: decoder frames start at the training mels' mean log-mel")
     optimizer = make_optimizer(model, config.train)
     guard = DivergenceGuard(config.supervision)
     session = Session(
