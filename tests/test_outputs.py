@@ -292,3 +292,18 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_trained_again(
     (alone / "config.yaml").write_text("train: {}\n", encoding="utf-8")  # maybe the user's
     code, error = _cli(capsys, "train", str(prepared), "-o", str(alone), *SETS)
     assert code == 1 and "holds no training run (config.yaml)" in error, error
+
+
+def test_two_writers_replacing_one_file_each_leave_a_whole_file(tmp_path: Path) -> None:
+    """Two processes rewriting the same file (two `prepare`s sharing a cache) once shared one
+    temporary name: the second truncated the first's, and the first's rename failed."""
+    from tacotune.files import atomic_writer
+
+    target = tmp_path / "analysis.jsonl"
+    with atomic_writer(target) as first:
+        first.write(b"first\n")
+        with atomic_writer(target) as second:
+            second.write(b"second\n")
+        assert target.read_bytes() == b"second\n"
+    assert target.read_bytes() == b"first\n"  # the last rename wins, with its whole file
+    assert [p.name for p in tmp_path.iterdir()] == ["analysis.jsonl"]  # no temporary left

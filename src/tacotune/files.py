@@ -1,7 +1,7 @@
 """Writing files so that a reader never sees half of one, and a full disk says so.
 
 Every file another process may read while it is being replaced (checkpoints, manifests,
-auto.json, registry metadata) is written to a temporary file in the same directory,
+auto.json, registry metadata) is written to a temporary file of its own in the same directory,
 flushed to disk and renamed over the target. A failed write removes its temporary file;
 "no space left on device" becomes a `DiskFullError` naming the device and the size.
 """
@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
@@ -37,10 +38,12 @@ def atomic_writer(path: Path, *, size_hint: int = 0) -> Iterator[IO[bytes]]:
     `size_hint` (bytes) is what the error message says was needed if the disk fills up.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a name of its own: two processes replacing the same file (two `prepare`s sharing a
+    # cache) each rename a whole file of theirs, the last one wins
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with full_disk_is_an_error(path, size_hint):
-            with tmp.open("wb") as f:
+            with tmp.open("xb") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
