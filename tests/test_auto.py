@@ -352,8 +352,13 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
     [
         (True, (), SCRATCH_RECIPE),  # random weights: the recipe that speaks sooner
         (False, (), {}),  # the base voice keeps the settings it was trained with
-        (True, ("model.attention = location",), {"loss.mel_loss": "l1"}),  # the user's wins
-        (True, ("model.attention=location", "loss.mel_loss=mse"), {}),
+        (
+            True,
+            ("model.attention = location",),
+            {"loss.mel_loss": "l1", "train.learning_rate": 3e-3},
+        ),
+        (True, ("model.attention=location", "loss.mel_loss=mse"), {"train.learning_rate": 3e-3}),
+        (True, ("model.attention=location", "loss.mel_loss=mse", "train.learning_rate=1e-3"), {}),
     ],
 )
 def test_the_plan_stage_records_the_recipe_every_model_trains(
@@ -377,9 +382,12 @@ def test_the_plan_stage_records_the_recipe_every_model_trains(
     assert facts["recipe"] == recipe
     state.stages["plan"] = json.loads(json.dumps(facts))  # as auto.json keeps it
     config = job.config()
-    expected: dict[str, str] = {"model.attention": base.model.attention}
-    expected |= {"loss.mel_loss": base.loss.mel_loss, **recipe}
-    assert (config.model.attention, config.loss.mel_loss) == tuple(expected.values())
+    chosen = load_config("demo.yaml", list(overrides))  # the preset the plan chose, as given
+    expected: dict[str, Any] = {"model.attention": chosen.model.attention}
+    expected |= {"loss.mel_loss": chosen.loss.mel_loss}
+    expected |= {"train.learning_rate": chosen.train.learning_rate, **recipe}
+    found = (config.model.attention, config.loss.mel_loss, config.train.learning_rate)
+    assert found == tuple(expected.values())
     assert any(reason.startswith("recipe") for reason in facts["reasons"])
 
 

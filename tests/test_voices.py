@@ -167,6 +167,7 @@ def test_auto_trains_the_scratch_recipe_from_random_weights_only() -> None:
     demo = load_config("demo.yaml")
     assert demo.model.attention != SCRATCH_RECIPE["model.attention"]  # else nothing is shown
     assert demo.loss.mel_loss != SCRATCH_RECIPE["loss.mel_loss"]
+    assert demo.train.learning_rate != SCRATCH_RECIPE["train.learning_rate"]
     assert choose_recipe(demo, NAME, chosen_by_user=()) == (
         {},
         f"recipe: the config's, as {NAME}'s weights were trained with it",
@@ -176,7 +177,7 @@ def test_auto_trains_the_scratch_recipe_from_random_weights_only() -> None:
     assert why.startswith("recipe from random weights: model.attention forward (not location)")
     assert "speaks sooner" in why and "your config" not in why
     recipe, why = choose_recipe(demo, "", chosen_by_user={"model.attention"})
-    assert recipe == {"loss.mel_loss": "l1"}
+    assert recipe == {"loss.mel_loss": "l1", "train.learning_rate": 3e-3}
     assert why.endswith("; your config's model.attention location")
     recipe, why = choose_recipe(demo, "", chosen_by_user=set(SCRATCH_RECIPE))
     assert recipe == {} and "speaks sooner" not in why

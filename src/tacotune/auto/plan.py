@@ -55,9 +55,11 @@ MIN_VOCODER_STEPS = 2000
 CPU_VOCODER_SECONDS_PER_STEP = 250.0  # one paper-batch step on 2 CPU cores (bench/vocoder.py)
 # from random weights these settings speak sooner than the presets' (bench/time_to_voice.py,
 # README "Benchmarks"); a base voice keeps those its weights were trained with
-SCRATCH_RECIPE: dict[str, str] = {
+SCRATCH_RECIPE: dict[str, Any] = {
     "model.attention": "forward",  # voice metric <= 0.6 at step 1,200 against location's 1,400
     "loss.mel_loss": "l1",  # with forward attention: <= 0.6 at step 1,000 (two seeds), MSE 1,200
+    # with both and train.mel_mean_init: <= 0.6 at step 600 (two seeds) against 2e-3's 800
+    "train.learning_rate": 3e-3,
 }
 
 
@@ -104,7 +106,7 @@ class Plan:
     vocoder_steps_per_second: float = 0.0  # the vocoder's rate the plan assumes
     warm_start: str = ""  # every model's train.warm_start (a base voice's name); "": random
     # settings every model trains with on top of the config ("section.key": value)
-    recipe: dict[str, str] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, Any]) -> Plan:
@@ -125,10 +127,10 @@ class Plan:
         )
 
 
-def _recipe(facts: Mapping[str, Any]) -> dict[str, str]:
+def _recipe(facts: Mapping[str, Any]) -> dict[str, Any]:
     """The plan's recipe; an older auto.json recorded only the attention."""
     if "recipe" in facts:
-        return {str(key): str(value) for key, value in facts["recipe"].items()}
+        return dict(facts["recipe"])
     attention = str(facts.get("attention", ""))
     return {"model.attention": attention} if attention else {}
 
@@ -176,7 +178,7 @@ def choose_start(config: Config, from_scratch: bool) -> tuple[str, str]:
 
 def choose_recipe(
     config: Config, start: str, chosen_by_user: Collection[str]
-) -> tuple[dict[str, str], str]:
+) -> tuple[dict[str, Any], str]:
     """The settings every model trains with on top of `config` and why: SCRATCH_RECIPE from
     random weights, less the keys the user chose (--config or --set); nothing for a base
     voice, whose weights were trained with the config's own."""
