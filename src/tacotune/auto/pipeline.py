@@ -153,10 +153,9 @@ def _plan(job: AutoJob, facts: dict[str, Any]) -> None:
         reasons.append(f"model: {why}")
     start, why = choose_start(config, job.from_scratch)
     reasons.append(why)
-    overrides = parse_overrides(job.overrides)
-    chosen = {f"{section}.{key}" for section, keys in overrides.items() for key in keys}
-    if job.explicit:
-        chosen = set(SCRATCH_RECIPE)
+    overrides = parse_overrides(job.overrides).items()
+    chosen = {f"{section}.{key}" for section, keys in overrides for key in keys}
+    chosen = set(SCRATCH_RECIPE) if job.explicit else chosen  # an explicit config: all its own
     recipe, why = choose_recipe(config, start, chosen)
     reasons.append(why)
     config = apply(config, recipe)
