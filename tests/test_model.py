@@ -248,3 +248,8 @@ def test_start_at_makes_a_fresh_model_predict_the_given_mean_log_mel(ddc: bool) 
     for mel in decoders:
         per_channel = mel.mean(dim=(0, 2))  # (B, n_mels, T) -> (n_mels,)
         assert (per_channel - mean).abs().max() < 0.5  # fresh: off by the whole mean, ~5
+    # the postnet adds nothing yet: its mel is the decoder's (a fresh one adds ~unit noise)
+    assert torch.equal(out.mel_postnet, out.mel)
+    fresh = Tacotron2(cfg.model, len(SYMBOLS), N_MELS)
+    out = fresh(b.text, b.text_lengths, b.mel, b.mel_lengths, 2)
+    assert (out.mel_postnet - out.mel).abs().mean() > 0.1

@@ -233,6 +233,8 @@ def test_a_run_from_random_weights_starts_at_the_mean_log_mel(
     bias = _weights(tmp_path / "run")["decoder.projection.bias"].view(-1, mean.numel())
     assert torch.allclose(bias, mean.expand_as(bias), atol=1e-5) is mel_mean_init
     assert (bias.abs().max() < 1.0) is not mel_mean_init  # off: PyTorch's own small init
+    last = f"postnet.blocks.{config.model.postnet_layers - 1}.norm.weight"  # its BatchNorm scale
+    assert bool((_weights(tmp_path / "run")[last].abs() < 1e-6).all()) is mel_mean_init  # off: 1
 
 
 def test_training_refuses_a_dataset_prepared_with_other_audio(

@@ -137,8 +137,26 @@ def test_train_from_random_weights_says_that_a_base_voice_fits(
         "training from random weights; the shipped base voice ru-base-small fits this model: "
         "--warm-start base fine-tunes it and speaks far sooner"
     )
-    assert capsys.readouterr().err.count(hint) == 1
+    recipe = (
+        "from random weights `auto` adds --set model.attention=forward --set loss.mel_loss=l1 "
+        "--set train.learning_rate=0.003: a voice speaks sooner with them than with this "
+        "config's model.attention location, loss.mel_loss mse, train.learning_rate 0.002"
+    )
+    err = capsys.readouterr().err
+    assert err.count(hint) == 1 and err.count(recipe) == 1
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["warm_start"] == ""
+
+
+def test_train_from_random_weights_names_only_the_recipe_settings_the_config_lacks(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = ["--set", "model.attention=forward", "--set", "train.learning_rate=0.003"]
+    assert main([*demo_step(prepared, tmp_path / "run"), *given]) == 0
+    err = capsys.readouterr().err
+    assert "`auto` adds --set loss.mel_loss=l1: a voice speaks sooner" in err
+    assert "config's loss.mel_loss mse (bench" in err
+    assert main([*demo_step(prepared, tmp_path / "all"), *given, "--set", "loss.mel_loss=l1"]) == 0
+    assert "`auto` adds" not in capsys.readouterr().err
 
 
 def test_train_warm_start_refuses_an_unknown_name_before_any_work(

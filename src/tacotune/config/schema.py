@@ -127,7 +127,8 @@ class TrainConfig:
     # that fits this model, tacotune/voices), a base voice's name, or a checkpoint path; "":
     # random initialization. Ignored on --resume (the run's own weights win)
     mel_mean_init: bool = True  # from random weights, every decoder frame starts at the
-    # training mels' mean log-mel (its projection's bias), not at 0 (bench/time_to_voice.py)
+    # training mels' mean log-mel (its projection's bias), not at 0, and the postnet's residual
+    # at 0, not at noise (its last BatchNorm scale) (bench/time_to_voice.py)
     eval_every: int = 500  # steps between evaluations (and checkpoints)
     keep_checkpoints: int = 3  # step checkpoints kept besides last.pt and best.pt
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"  # tf32: fp32 tensors,

@@ -123,6 +123,11 @@ class Postnet(nn.Module):
             for i in range(layers)
         )
 
+    def start_as_identity(self) -> None:
+        """Zero the last block's BatchNorm scale: the residual is 0, so the postnet mel is the
+        decoder's, until training gives it one (a fresh postnet adds unit-variance noise)."""
+        nn.init.zeros_(self.blocks[-1].norm.weight)
+
     def forward(self, mel: Tensor) -> Tensor:
         """(B, n_mels, T) -> (B, n_mels, T) residual"""
         x = mel

@@ -172,10 +172,12 @@ class Tacotron2(nn.Module):
         return Stopping(mask, max_steps, c.gate_threshold, hold)
 
     def start_at(self, mean_log_mel: Tensor) -> None:
-        """Every decoder's frames start at the (n_mels,) mean log-mel (train.mel_mean_init)."""
+        """Every decoder's frames, and the postnet's (its residual starts at 0), start at the
+        (n_mels,) mean log-mel (train.mel_mean_init)."""
         self.decoder.start_at(mean_log_mel)
         if self.config.ddc:
             self.coarse_decoder.start_at(mean_log_mel)
+        self.postnet.start_as_identity()
 
     def postnet_mel(self, mel: Tensor) -> Tensor:
         """Decoder mel + the postnet's residual: (B, n_mels, T) -> (B, n_mels, T)"""

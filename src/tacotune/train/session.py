@@ -261,7 +261,7 @@ def open_session(
     if checkpoint is None and start is None and config.train.mel_mean_init:
         mean = mean_log_mel(data.train_set)  # (n_mels,); before DDP copies the weights
         model.start_at(mean)
-        log.info("random weights: decoder frames start at the training mels' mean log-mel")
+        log.info("random weights: mel frames start at the training mels' mean log-mel")
     optimizer = make_optimizer(model, config.train)
     guard = DivergenceGuard(config.supervision)
     session = Session(
