@@ -355,10 +355,28 @@ def test_from_scratch_reaches_auto_and_the_plan_records_the_start(
         (
             True,
             ("model.attention = location",),
-            {"loss.mel_loss": "l1", "train.learning_rate": 3e-3},
+            {"loss.mel_loss": "l1", "train.learning_rate": 3e-3, "model.encoder_dropout": 0.2},
         ),
-        (True, ("model.attention=location", "loss.mel_loss=mse"), {"train.learning_rate": 3e-3}),
-        (True, ("model.attention=location", "loss.mel_loss=mse", "train.learning_rate=1e-3"), {}),
+        (
+            True,
+            ("model.attention=location", "loss.mel_loss=mse"),
+            {"train.learning_rate": 3e-3, "model.encoder_dropout": 0.2},
+        ),
+        (
+            True,
+            ("model.attention=location", "loss.mel_loss=mse", "train.learning_rate=1e-3"),
+            {"model.encoder_dropout": 0.2},
+        ),
+        (
+            True,
+            (
+                "model.attention=location",
+                "loss.mel_loss=mse",
+                "train.learning_rate=1e-3",
+                "model.encoder_dropout=0.5",
+            ),
+            {},
+        ),
     ],
 )
 def test_the_plan_stage_records_the_recipe_every_model_trains(
@@ -385,8 +403,14 @@ def test_the_plan_stage_records_the_recipe_every_model_trains(
     chosen = load_config("demo.yaml", list(overrides))  # the preset the plan chose, as given
     expected: dict[str, Any] = {"model.attention": chosen.model.attention}
     expected |= {"loss.mel_loss": chosen.loss.mel_loss}
-    expected |= {"train.learning_rate": chosen.train.learning_rate, **recipe}
-    found = (config.model.attention, config.loss.mel_loss, config.train.learning_rate)
+    expected |= {"train.learning_rate": chosen.train.learning_rate}
+    expected |= {"model.encoder_dropout": chosen.model.encoder_dropout, **recipe}
+    found = (
+        config.model.attention,
+        config.loss.mel_loss,
+        config.train.learning_rate,
+        config.model.encoder_dropout,
+    )
     assert found == tuple(expected.values())
     assert any(reason.startswith("recipe") for reason in facts["reasons"])
 

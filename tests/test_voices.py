@@ -139,8 +139,9 @@ def test_train_from_random_weights_says_that_a_base_voice_fits(
     )
     recipe = (
         "from random weights `auto` adds --set model.attention=forward --set loss.mel_loss=l1 "
-        "--set train.learning_rate=0.003: a voice speaks sooner with them than with this "
-        "config's model.attention location, loss.mel_loss mse, train.learning_rate 0.002"
+        "--set train.learning_rate=0.003 --set model.encoder_dropout=0.2: a voice speaks sooner "
+        "with them than with this config's model.attention location, loss.mel_loss mse, "
+        "train.learning_rate 0.002, model.encoder_dropout 0.5"
     )
     err = capsys.readouterr().err
     assert err.count(hint) == 1 and err.count(recipe) == 1
@@ -151,6 +152,7 @@ def test_train_from_random_weights_names_only_the_recipe_settings_the_config_lac
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     given = ["--set", "model.attention=forward", "--set", "train.learning_rate=0.003"]
+    given += ["--set", "model.encoder_dropout=0.2"]
     assert main([*demo_step(prepared, tmp_path / "run"), *given]) == 0
     err = capsys.readouterr().err
     assert "`auto` adds --set loss.mel_loss=l1: a voice speaks sooner" in err
@@ -186,6 +188,7 @@ def test_auto_trains_the_scratch_recipe_from_random_weights_only() -> None:
     assert demo.model.attention != SCRATCH_RECIPE["model.attention"]  # else nothing is shown
     assert demo.loss.mel_loss != SCRATCH_RECIPE["loss.mel_loss"]
     assert demo.train.learning_rate != SCRATCH_RECIPE["train.learning_rate"]
+    assert demo.model.encoder_dropout != SCRATCH_RECIPE["model.encoder_dropout"]
     assert choose_recipe(demo, NAME, chosen_by_user=()) == (
         {},
         f"recipe: the config's, as {NAME}'s weights were trained with it",
@@ -195,7 +198,11 @@ def test_auto_trains_the_scratch_recipe_from_random_weights_only() -> None:
     assert why.startswith("recipe from random weights: model.attention forward (not location)")
     assert "speaks sooner" in why and "your config" not in why
     recipe, why = choose_recipe(demo, "", chosen_by_user={"model.attention"})
-    assert recipe == {"loss.mel_loss": "l1", "train.learning_rate": 3e-3}
+    assert recipe == {
+        "loss.mel_loss": "l1",
+        "train.learning_rate": 3e-3,
+        "model.encoder_dropout": 0.2,
+    }
     assert why.endswith("; your config's model.attention location")
     recipe, why = choose_recipe(demo, "", chosen_by_user=set(SCRATCH_RECIPE))
     assert recipe == {} and "speaks sooner" not in why

@@ -126,7 +126,8 @@ class Postnet(nn.Module):
     def start_as_identity(self) -> None:
         """Zero the last block's BatchNorm scale: the residual is 0, so the postnet mel is the
         decoder's, until training gives it one (a fresh postnet adds unit-variance noise)."""
-        nn.init.zeros_(self.blocks[-1].norm.weight)
+        last: ConvBlock = self.blocks[-1]  # type: ignore[assignment]  # ModuleList is untyped
+        nn.init.zeros_(last.norm.weight)
 
     def forward(self, mel: Tensor) -> Tensor:
         """(B, n_mels, T) -> (B, n_mels, T) residual"""
