@@ -61,7 +61,7 @@ SCRATCH_RECIPE: dict[str, Any] = {
     # with both and train.mel_mean_init: <= 0.6 at step 600 / 700 / 650 (three runs), 2e-3: 800
     "train.learning_rate": 3e-3,
     # the paper's 0.5 slows a small corpus: with the three above and train.mel_mean_init,
-    # <= 0.6 at step 300 (two seeds) against 550 / 550 / 600 (three), <= 0.5 at 400 / 450
+    # <= 0.6 at step 300 (two seeds) against 550 / 550 / 600 (three), <= 0.5 at 400 / 350
     "model.encoder_dropout": 0.2,
 }
 
