@@ -107,7 +107,9 @@ def test_resume_of_a_finished_run_needs_more_steps_and_no_output(
     more = ["--set", "train.max_steps=2"]
     assert _cli(capsys, "train", str(prepared), "--resume", str(run), *more)[0] == 0
     assert load_checkpoint(run)["state"]["step"] == 2
-    assert [e["event"] for e in _events(run)][-3:] == ["resumed", "evaluation", "finished"]
+    # whether step 2 is a new best ("best" event) depends on the weights, not on resuming
+    events = [e["event"] for e in _events(run) if e["event"] != "best"]
+    assert events[-3:] == ["resumed", "evaluation", "finished"]
 
 
 def test_training_into_a_directory_that_holds_no_run_is_refused(
